@@ -1,0 +1,3 @@
+from spnas_dsl.cli import entry_point
+
+entry_point()

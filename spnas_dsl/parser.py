@@ -1,0 +1,393 @@
+"""Text -> parse tree -> IR: the Lark front end.
+
+The LALR parser is built once (cached) from ``grammars/spnas.lark`` with positions kept.
+One Transformer decodes the generic ``op NAME=value`` statements into typed IR nodes,
+collecting every unknown op, unknown parameter and mistyped value with its location.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark import __version__ as lark_version
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from spnas_dsl.errors import SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError, Span
+from spnas_dsl.ir import Choice, Comment, Head, InputSize, Layer, Network, Stage, Stem
+from spnas_dsl.resources import data_path
+
+# Friendly names for terminals in "expected ..." messages.
+_TOKEN_NAMES = {
+    "NAME": "a name", "PARAM_NAME": "a parameter name=", "SIGNED_NUMBER": "a number", "INT": "an integer", "SIZE": "a size HxWxC",
+    "LBRACE": "'{'", "RBRACE": "'}'", "LESSTHAN": "'<'", "MORETHAN": "'>'", "EQUAL": "'='",
+    "COMMA": "','", "VBAR": "'|'", "X": "'x'", "NETWORK": "'network'", "INPUT": "'input'",
+    "CLASSES": "'classes'", "WIDTH": "'width'", "STEM": "'stem'", "HEAD": "'head'", "STAGE": "'stage'",
+    "$END": "end of file",
+}
+
+
+def _cache_file() -> str | bool:
+    """Lark's pickled parser tables, keyed by grammar hash: saves ~60 ms per start."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "spnas")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return False
+    return os.path.join(folder, f"lark-{lark_version}.cache")
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(
+        data_path("grammars", "spnas.lark").read_text(encoding="utf-8"),
+        parser="lalr",
+        propagate_positions=True,
+        cache=_cache_file(),
+        maybe_placeholders=True,
+    )
+
+
+def parse_text(text: str, filename: str = "<string>") -> Network:
+    """Parse and validate ``.spnas`` source text into a :class:`Network`.
+
+    Raises :class:`SpnasError` (with file, line and column) on any syntax or semantic error.
+    """
+    from spnas_dsl.validate import validate  # the semantic pass runs on the decoded IR
+
+    comments: list[Comment] = []
+    if not text.strip() or all(
+        not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
+    ):
+        raise SpnasSyntaxError("empty file: expected 'network NAME { ... }'", Span(filename, 1, 1), text)
+    try:
+        tree = _lark().parse(text, on_error=None)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, text, filename) from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        code, hash_, note = _split_comment(line)
+        if hash_:
+            comments.append(Comment(line=line_no, text=note.rstrip(), trailing=bool(code.strip())))
+    builder = _IRBuilder(filename, text)
+    try:
+        network = builder.transform(tree)
+    except VisitError as exc:  # unwrap errors raised inside the transformer
+        if isinstance(exc.orig_exc, SpnasError):
+            raise exc.orig_exc from None
+        raise
+    if builder.errors:
+        raise SpnasErrors(builder.errors)
+    network = network.model_copy(update={"comments": tuple(comments)})
+    return validate(network, text)
+
+
+def load(path: str | Path) -> Network:
+    """Read, parse and validate a ``.spnas`` file. Errors name the file, line and column."""
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise SpnasSyntaxError("is a directory, not a .spnas file", Span(name, 1, 1))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpnasSyntaxError("no such file", Span(name, 1, 1)) from None
+    except OSError as exc:
+        raise SpnasSyntaxError(f"cannot read file: {exc.strerror}", Span(name, 1, 1)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise SpnasSyntaxError(
+            f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x})", Span(name, line, column)
+        ) from None
+    return parse_text(text, name)
+
+
+def _split_comment(line: str) -> tuple[str, str, str]:
+    code, hash_, note = line.partition("#")
+    return code, hash_, note
+
+
+def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> SpnasSyntaxError:
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        lines = text.splitlines() or [""]
+        span = Span(filename, len(lines), len(lines[-1]) + 1)
+        expected = getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
+        return SpnasSyntaxError(f"unexpected end of file, expected {_expected(expected)}", span, text)
+    span = Span(filename, exc.line, exc.column)
+    if isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        return SpnasSyntaxError(f"unexpected character {char!r}", span, text)
+    assert isinstance(exc, UnexpectedToken)
+    return SpnasSyntaxError(
+        f"unexpected {exc.token.value!r}, expected {_expected(exc.accepts or exc.expected)}", span, text
+    )
+
+
+def _expected(names) -> str:
+    friendly = sorted({_TOKEN_NAMES.get(n, n.lower()) for n in names if not n.startswith("__")})
+    if len(friendly) > 6:
+        friendly = friendly[:6] + ["..."]
+    return " or ".join(friendly) if friendly else "something else"
+
+
+class _Param:
+    """A decoded ``name=value`` with its location; value is a float, a str or a tuple."""
+
+    def __init__(self, name: str, value, span: Span):
+        self.name, self.value, self.span = name, value, span
+
+
+class _Op:
+    def __init__(self, name: str, params: list[_Param], span: Span):
+        self.name, self.params, self.span = name, params, span
+
+
+# Which parameters each op takes, and what it means.
+_OP_PARAMS = {
+    "stem": {"conv": {"k", "c", "s"}},
+    "head": {"conv": {"c", "dropout"}},
+    "layer": {"mbconv": {"k", "e"}, "skip": set()},
+    "stage": {"c", "s"},
+}
+
+
+@v_args(inline=True, meta=False)
+class _IRBuilder(Transformer):
+    """Parse tree -> IR nodes. Collects located errors instead of stopping at the first."""
+
+    def __init__(self, filename: str, text: str):
+        super().__init__()
+        self.filename, self.text = filename, text
+        self.errors: list[SpnasError] = []
+
+    # -- helpers ---------------------------------------------------------------
+    def _span(self, item) -> Span:
+        meta = getattr(item, "meta", None)
+        if isinstance(item, Token):
+            return Span(self.filename, item.line, item.column, item.end_line, item.end_column)
+        if meta is not None and not meta.empty:
+            return Span(self.filename, meta.line, meta.column, meta.end_line, meta.end_column)
+        return Span(self.filename, 1, 1)
+
+    def _error(self, message: str, span: Span) -> None:
+        self.errors.append(SpnasValidationError(message, span, self.text))
+
+    def _int(self, token: Token, what: str) -> int:
+        value = float(token)
+        if value != int(value):
+            self._error(f"{what} must be an integer, got {token}", self._span(token))
+        return int(value)
+
+    def _params(self, op: _Op, allowed: set[str], context: str) -> dict[str, _Param]:
+        out: dict[str, _Param] = {}
+        for p in op.params:
+            if p.name not in allowed:
+                known = ", ".join(sorted(allowed)) or "none"
+                self._error(f"unknown parameter '{p.name}' for {context} (known: {known})", p.span)
+            elif p.name in out:
+                self._error(f"duplicate parameter '{p.name}'", p.span)
+            else:
+                out[p.name] = p
+        return out
+
+    def _scalar(self, params: dict[str, _Param], name: str, what: str, required: bool, span: Span, default=None):
+        p = params.get(name)
+        if p is None:
+            if required:
+                self._error(f"missing parameter '{name}=' ({what})", span)
+            return default
+        if isinstance(p.value, tuple):
+            if len(p.value) != 1:
+                self._error(f"{what} '{name}' takes one value here, not a candidate set", p.span)
+                return default
+            return p.value[0]
+        if isinstance(p.value, str):
+            self._error(f"{what} '{name}' must be a number, got '{p.value}'", p.span)
+            return default
+        return p.value
+
+    def _whole(self, value, what: str, span: Span, default: int = 1) -> int:
+        if value is None:
+            return default
+        if value != int(value):
+            self._error(f"{what} must be an integer, got {value:g}", span)
+        return int(value)
+
+    def _choice(self, params: dict[str, _Param], name: str, what: str, span: Span) -> Choice | None:
+        p = params.get(name)
+        if p is None:
+            self._error(f"missing parameter '{name}=' ({what})", span)
+            return None
+        if isinstance(p.value, str):
+            self._error(f"{what} '{name}' must be a number or a candidate set <...>, got '{p.value}'", p.span)
+            return None
+        values = p.value if isinstance(p.value, tuple) else (p.value,)
+        if not values:
+            self._error(f"empty candidate set for '{name}'", p.span)
+            return None
+        if any(v != int(v) for v in values):
+            self._error(f"{what} values must be integers", p.span)
+            return None
+        ints = [int(v) for v in values]
+        if len(set(ints)) != len(ints):
+            self._error(f"duplicate value in candidate set for '{name}'", p.span)
+        return Choice(values=tuple(sorted(set(ints))), span=p.span)
+
+    # -- terminals and small rules --------------------------------------------
+    def number(self, token: Token):
+        return float(token)
+
+    def word(self, token: Token):
+        return str(token)
+
+    @v_args(inline=False, meta=True)
+    def candidates(self, meta, items):
+        return tuple(float(t) for t in items if t is not None)
+
+    @v_args(inline=False, meta=True)
+    def param(self, meta, items):
+        name, value = items
+        return _Param(str(name), value, self._span(name))
+
+    @v_args(inline=False, meta=True)
+    def op(self, meta, items):
+        name, *params = items
+        return _Op(str(name), params, self._span(name))
+
+    @v_args(inline=False, meta=True)
+    def repeat(self, meta, items):
+        (count,) = items
+        return (int(count), self._span(count))
+
+    # -- statements ---------------------------------------------------------------
+    @v_args(inline=False, meta=True)
+    def input_size(self, meta, items):
+        (size,) = items
+        h, w, c = (int(v) for v in str(size).split("x"))
+        return ("input", InputSize(height=h, width=w, channels=c, span=self._span(size)), self._span(meta))
+
+    @v_args(inline=False, meta=True)
+    def classes(self, meta, items):
+        (tok,) = items
+        return ("classes", (self._int(tok, "number of classes"), self._span(tok)), self._span(meta))
+
+    @v_args(inline=False, meta=True)
+    def width(self, meta, items):
+        (tok,) = items
+        return ("width", (float(tok), self._span(tok)), self._span(meta))
+
+    @v_args(inline=False, meta=True)
+    def stem(self, meta, items):
+        (op,) = items
+        if op.name != "conv":
+            self._error(f"unknown op '{op.name}' for the stem (known: conv)", op.span)
+            return ("stem", None, self._span(meta))
+        params = self._params(op, _OP_PARAMS["stem"]["conv"], "stem conv")
+        k = self._whole(self._scalar(params, "k", "kernel size", True, op.span), "kernel size", op.span, 3)
+        c = self._whole(self._scalar(params, "c", "output channels", True, op.span), "channels", op.span, 1)
+        s = self._whole(self._scalar(params, "s", "stride", False, op.span, 1), "stride", op.span, 1)
+        return ("stem", Stem(kernel=k, channels=c, stride=s, span=op.span), self._span(meta))
+
+    @v_args(inline=False, meta=True)
+    def head(self, meta, items):
+        (op,) = items
+        if op.name != "conv":
+            self._error(f"unknown op '{op.name}' for the head (known: conv)", op.span)
+            return ("head", None, self._span(meta))
+        params = self._params(op, _OP_PARAMS["head"]["conv"], "head conv")
+        c = self._whole(self._scalar(params, "c", "output channels", True, op.span), "channels", op.span, 1)
+        dropout = self._scalar(params, "dropout", "dropout rate", False, op.span, 0.0)
+        return ("head", Head(channels=c, dropout=float(dropout), span=op.span), self._span(meta))
+
+    @v_args(inline=False, meta=True)
+    def layer(self, meta, items):
+        repeat, first, *rest = items
+        count, count_span = repeat if repeat is not None else (1, None)
+        if count < 1:
+            self._error("a repeat count must be at least 1", count_span)
+        kernel = expansion = None
+        skip = False
+        mbconvs = 0
+        for op in (first, *rest):
+            if op.name == "skip":
+                self._params(op, set(), "skip")
+                if skip:
+                    self._error("'skip' is listed twice", op.span)
+                skip = True
+            elif op.name == "mbconv":
+                mbconvs += 1
+                if mbconvs > 1:
+                    self._error("only one 'mbconv' per layer: list its candidates as k=<...> e=<...>", op.span)
+                    continue
+                params = self._params(op, _OP_PARAMS["layer"]["mbconv"], "mbconv")
+                kernel = self._choice(params, "k", "kernel size", op.span)
+                expansion = self._choice(params, "e", "expansion", op.span)
+                if kernel is None or expansion is None:
+                    kernel = expansion = None
+                    skip = skip or False
+            else:
+                self._error(f"unknown op '{op.name}' in a stage (known: mbconv, skip)", op.span)
+        if kernel is None and not skip:
+            return []
+        layer = Layer(kernel=kernel, expansion=expansion, skip=skip, span=first.span)
+        return [layer] * max(count, 1)
+
+    @v_args(inline=False, meta=True)
+    def stage(self, meta, items):
+        name, *rest = items
+        params = [p for p in rest if isinstance(p, _Param)]
+        layers = [layer for group in rest if isinstance(group, list) for layer in group]
+        fake = _Op("stage", params, self._span(name))
+        ps = self._params(fake, _OP_PARAMS["stage"], f"stage '{name}'")
+        c = self._whole(self._scalar(ps, "c", "output channels", True, self._span(name)), "channels", self._span(name), 1)
+        s = self._whole(self._scalar(ps, "s", "stride", False, self._span(name), 1), "stride", self._span(name), 1)
+        return ("stage", Stage(name=str(name), channels=c, stride=s, layers=tuple(layers), span=self._span(name)), None)
+
+    @v_args(inline=False, meta=True)
+    def network(self, meta, items):
+        name, *statements = items
+        fields: dict = {}
+        spans: dict[str, Span] = {}
+        stages = []
+        net_span = self._span(name)
+        for key, value, span in statements:
+            if key == "stage":
+                stages.append(value)
+                continue
+            if key in fields:
+                self._error(f"duplicate '{key}' statement", span)
+                continue
+            if value is None:
+                fields[key] = None
+                continue
+            if key in ("classes", "width"):
+                value, spans[key] = value
+            else:
+                spans[key] = span
+            fields[key] = value
+        for key in ("input", "classes", "stem", "head"):
+            if key not in fields:
+                self._error(f"network '{name}' has no '{key}' statement", net_span)
+        if self.errors:
+            return None
+        spans["input"] = fields["input"].span
+        return Network(
+            name=str(name),
+            input=fields["input"],
+            classes=fields["classes"],
+            width_multiplier=fields.get("width", 1.0),
+            stem=fields["stem"],
+            stages=tuple(stages),
+            head=fields["head"],
+            header_spans=spans,
+            span=net_span,
+        )
+
+    def start(self, network):
+        return network

@@ -1,0 +1,93 @@
+"""IR -> canonical ``.spnas`` text (the formatter's output and the search's output).
+
+Canonical form: 4-space indentation, header statements in a fixed order, runs of equal
+consecutive layers folded into ``Nx``, candidate sets sorted and written ``<...>`` only
+when they hold more than one value. Comments of the source are put back before the
+statement that followed them (or at the end of its line), so formatting never loses them.
+"""
+
+from __future__ import annotations
+
+from spnas_dsl.ir import Choice, Comment, Layer, Network
+
+INDENT = "    "
+
+
+def format_choice(name: str, choice: Choice) -> str:
+    if choice.is_singleton:
+        return f"{name}={choice.values[0]}"
+    return f"{name}=<{','.join(str(v) for v in choice.values)}>"
+
+
+def format_layer(layer: Layer) -> str:
+    """One layer line without the repeat count, e.g. ``mbconv k=<3,5> e=<3,6> | skip``."""
+    parts = []
+    if layer.kernel is not None and layer.expansion is not None:
+        parts.append(f"mbconv {format_choice('k', layer.kernel)} {format_choice('e', layer.expansion)}")
+    if layer.skip:
+        parts.append("skip")
+    return " | ".join(parts)
+
+
+def _number(value: float) -> str:
+    text = f"{value:.6g}"
+    return text if any(ch in text for ch in ".e") else f"{text}.0"
+
+
+def format_network(network: Network, header: list[str] | None = None) -> str:
+    """The canonical text of ``network``; ``header`` lines are written first as comments."""
+    lines: list[tuple[int | None, int, str]] = []  # (source line, depth, text)
+
+    def emit(span, depth: int, text: str) -> None:
+        lines.append((span.line if span else None, depth, text))
+
+    spans = network.header_spans
+    emit(network.span, 0, f"network {network.name} {{")
+    emit(spans.get("input"), 1, f"input {network.input}")
+    emit(spans.get("classes"), 1, f"classes {network.classes}")
+    emit(spans.get("width"), 1, f"width {_number(network.width_multiplier)}")
+    stem = network.stem
+    emit(stem.span, 1, f"stem conv k={stem.kernel} c={stem.channels} s={stem.stride}")
+    for stage in network.stages:
+        emit(stage.span, 1, f"stage {stage.name} c={stage.channels} s={stage.stride} {{")
+        i = 0
+        while i < len(stage.layers):
+            j = i
+            while j + 1 < len(stage.layers) and stage.layers[j + 1] == stage.layers[i]:
+                j += 1
+            count = j - i + 1
+            prefix = f"{count}x " if count > 1 else ""
+            emit(stage.layers[i].span, 2, prefix + format_layer(stage.layers[i]))
+            i = j + 1
+        emit(None, 1, "}")
+    head = network.head
+    emit(head.span, 1, f"head conv c={head.channels} dropout={_number(head.dropout)}")
+    emit(None, 0, "}")
+
+    out = [f"# {h}" if h else "#" for h in (header or [])]
+    out += _with_comments(lines, list(network.comments))
+    return "\n".join(out) + "\n"
+
+
+def _with_comments(lines, comments: list[Comment]) -> list[str]:
+    own = [c for c in comments if not c.trailing]
+    trailing = {c.line: c for c in comments if c.trailing}
+    out: list[str] = []
+    last_line = 0
+    for source_line, depth, text in lines:
+        indent = INDENT * depth
+        if source_line is not None:
+            while own and own[0].line < source_line:
+                out.append(f"{indent}#{own.pop(0).text}".rstrip())
+            note = trailing.pop(source_line, None) if source_line > last_line else None
+            last_line = max(last_line, source_line)
+            out.append(f"{indent}{text}" + (f"  #{note.text}".rstrip() if note else ""))
+        else:
+            out.append(indent + text)
+    # Comments after the last located statement (and any trailing ones not re-attached).
+    rest = sorted(own + list(trailing.values()), key=lambda c: c.line)
+    if rest:
+        closing = out.pop()
+        out.extend(f"{INDENT}#{c.text}".rstrip() for c in rest)
+        out.append(closing)
+    return out

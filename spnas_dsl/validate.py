@@ -1,0 +1,89 @@
+"""The semantic pass: rules of the language that the grammar cannot express.
+
+Every broken rule becomes a located error; all of them are reported together, sorted
+by position. The pass returns the network unchanged when it is valid.
+"""
+
+from __future__ import annotations
+
+from spnas_dsl.errors import SpnasError, SpnasErrors, SpnasValidationError, Span
+from spnas_dsl.ir import EXPANSIONS, KERNEL_SIZES, STRIDES, Network
+from spnas_dsl.shapes import total_stride
+
+
+def validate(network: Network, source: str | None = None) -> Network:
+    """Check ``network`` against the language's rules; raise :class:`SpnasErrors` if any fail."""
+    errors: list[SpnasError] = []
+
+    def error(message: str, span: Span | None) -> None:
+        errors.append(SpnasValidationError(message, span, source))
+
+    spans = network.header_spans
+    if network.width_multiplier <= 0:
+        error(f"width multiplier must be > 0, got {network.width_multiplier:g}", spans.get("width"))
+    if network.classes < 1:
+        error(f"number of classes must be at least 1, got {network.classes}", spans.get("classes"))
+    size = network.input
+    if min(size.height, size.width, size.channels) < 1:
+        error(f"input size must be positive in every dimension, got {size}", size.span)
+
+    stem = network.stem
+    if stem.kernel < 1 or stem.kernel % 2 == 0:
+        error(f"stem kernel size must be odd and positive, got {stem.kernel}", stem.span)
+    if stem.stride not in STRIDES:
+        error(f"stride must be 1 or 2, got {stem.stride}", stem.span)
+    if stem.channels < 1:
+        error(f"stem channels must be at least 1, got {stem.channels}", stem.span)
+
+    seen: dict[str, Span | None] = {}
+    in_channels = stem.channels
+    for stage in network.stages:
+        if stage.name in seen:
+            first = seen[stage.name]
+            where = f" (first defined at {first})" if first else ""
+            error(f"duplicate stage name '{stage.name}'{where}", stage.span)
+        seen[stage.name] = stage.span
+        if stage.stride not in STRIDES:
+            error(f"stride must be 1 or 2, got {stage.stride}", stage.span)
+        if stage.channels < 1:
+            error(f"stage channels must be at least 1, got {stage.channels}", stage.span)
+        if not stage.layers:
+            error(f"stage '{stage.name}' is empty: give it at least one layer", stage.span)
+        for i, layer in enumerate(stage.layers):
+            if layer.kernel is not None:
+                for k in layer.kernel.values:
+                    if k not in KERNEL_SIZES:
+                        error(f"kernel size {k} is not one of {_set(KERNEL_SIZES)}", layer.kernel.span)
+            if layer.expansion is not None:
+                for e in layer.expansion.values:
+                    if e not in EXPANSIONS:
+                        error(f"expansion {e} is not one of {_set(EXPANSIONS)}", layer.expansion.span)
+            changes_shape = i == 0 and (stage.stride != 1 or stage.channels != in_channels)
+            if layer.skip and changes_shape:
+                why = f"stride {stage.stride}" if stage.stride != 1 else f"{in_channels} -> {stage.channels} channels"
+                error(
+                    f"the first layer of stage '{stage.name}' changes the shape ({why}) and cannot be skipped",
+                    layer.span,
+                )
+        in_channels = stage.channels
+
+    head = network.head
+    if head.channels < 1:
+        error(f"head channels must be at least 1, got {head.channels}", head.span)
+    if not 0 <= head.dropout < 1:
+        error(f"dropout must be in [0, 1), got {head.dropout:g}", head.span)
+
+    if not errors:
+        stride = total_stride(network)
+        if min(size.height, size.width) < stride:
+            error(
+                f"input {size.height}x{size.width} is smaller than the network's total stride {stride}",
+                size.span,
+            )
+    if errors:
+        raise SpnasErrors(errors)
+    return network
+
+
+def _set(values) -> str:
+    return "{" + ",".join(str(v) for v in values) + "}"
