@@ -1,0 +1,1 @@
+"""Compiler passes from the IR to PyTorch: concrete networks, the supernet, extraction."""

@@ -1,0 +1,111 @@
+"""Small PyTorch block classes of a concrete network (timm's names and layout).
+
+BatchNorm uses the TensorFlow/MnasNet settings of the paper: momentum 0.99 in TF's
+convention (0.01 in PyTorch's) and epsilon 1e-3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class ConvBnAct(nn.Module):
+    """k x k conv (no bias) + BN + ReLU; used as the stem."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride, kernel // 2, bias=False)
+        self.bn = batch_norm(out_chs)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """MBConv with expansion 1: k x k depthwise + BN + ReLU, 1x1 linear projection + BN."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int):
+        super().__init__()
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.conv_dw = nn.Conv2d(in_chs, in_chs, kernel, stride, kernel // 2, groups=in_chs, bias=False)
+        self.bn1 = batch_norm(in_chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+        self.bn2 = batch_norm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv_dw(x)))
+        y = self.bn2(self.conv_pw(y))
+        return x + y if self.has_residual else y
+
+
+class InvertedResidual(nn.Module):
+    """MBConv-k-e: 1x1 expand + BN + ReLU, k x k depthwise + BN + ReLU, 1x1 project + BN."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int):
+        super().__init__()
+        mid = in_chs * expansion
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.bn1 = batch_norm(mid)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv_dw = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self.bn2 = batch_norm(mid)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
+        self.bn3 = batch_norm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv_pw(x)))
+        y = self.act2(self.bn2(self.conv_dw(y)))
+        y = self.bn3(self.conv_pwl(y))
+        return x + y if self.has_residual else y
+
+
+def mbconv(in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int) -> nn.Module:
+    """The block class for one MBConv option (expansion 1 has no expand conv)."""
+    if expansion == 1:
+        return DepthwiseSeparableConv(in_chs, out_chs, kernel, stride)
+    return InvertedResidual(in_chs, out_chs, kernel, stride, expansion)
+
+
+
+class SinglePathNet(nn.Module):
+    """A concrete network. Module names follow timm's EfficientNet family:
+    ``conv_stem, bn1, blocks.<stage>.<block>, conv_head, bn2, classifier``, so a state dict
+    of ``examples/spnasnet.spnas`` has the key layout of timm's ``spnasnet_100``."""
+
+    def __init__(self, stem: tuple[int, int, int, int], blocks: list[list[nn.Module]],
+                 head: tuple[int, int], classes: int, dropout: float):
+        super().__init__()
+        in_chs, stem_chs, kernel, stride = stem
+        self.conv_stem = nn.Conv2d(in_chs, stem_chs, kernel, stride, kernel // 2, bias=False)
+        self.bn1 = batch_norm(stem_chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.blocks = nn.Sequential(*[nn.Sequential(*stage) for stage in blocks])
+        head_in, head_chs = head
+        self.conv_head = nn.Conv2d(head_in, head_chs, 1, bias=False)
+        self.bn2 = batch_norm(head_chs)
+        self.act2 = nn.ReLU(inplace=True)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(head_chs, classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        x = self.blocks(x)
+        return self.act2(self.bn2(self.conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(self.global_pool(self.forward_features(x)))
+        return self.classifier(self.dropout(x))
