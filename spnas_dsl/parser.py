@@ -14,6 +14,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark import __version__ as lark_version
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.tree import Meta
 
 from spnas_dsl.errors import SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError, Span
 from spnas_dsl.ir import Choice, Comment, Head, InputSize, Layer, Network, Stage, Stem
@@ -99,11 +100,13 @@ def load(path: str | Path) -> Network:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
+        before = raw[: exc.start]  # valid UTF-8 up to the bad byte
         line = before.count(b"\n") + 1
-        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1  # in characters, as Lark counts
         raise SpnasSyntaxError(
-            f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x})", Span(name, line, column)
+            f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
+            Span(name, line, column),
+            raw.decode("utf-8", errors="replace"),  # for the caret excerpt
         ) from None
     return parse_text(text, name)
 
@@ -117,7 +120,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> SpnasSyntax
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         lines = text.splitlines() or [""]
         span = Span(filename, len(lines), len(lines[-1]) + 1)
-        expected = getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
+        expected = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or set()  # accepts is exact
         return SpnasSyntaxError(f"unexpected end of file, expected {_expected(expected)}", span, text)
     span = Span(filename, exc.line, exc.column)
     if isinstance(exc, UnexpectedCharacters):
@@ -131,8 +134,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> SpnasSyntax
 
 def _expected(names) -> str:
     friendly = sorted({_TOKEN_NAMES.get(n, n.lower()) for n in names if not n.startswith("__")})
-    if len(friendly) > 6:
-        friendly = friendly[:6] + ["..."]
+    if len(friendly) > 8:  # a network body expects 7 things, '}' included
+        friendly = friendly[:8] + ["..."]
     return " or ".join(friendly) if friendly else "something else"
 
 
@@ -168,7 +171,7 @@ class _IRBuilder(Transformer):
 
     # -- helpers ---------------------------------------------------------------
     def _span(self, item) -> Span:
-        meta = getattr(item, "meta", None)
+        meta = item if isinstance(item, Meta) else getattr(item, "meta", None)
         if isinstance(item, Token):
             return Span(self.filename, item.line, item.column, item.end_line, item.end_column)
         if meta is not None and not meta.empty:

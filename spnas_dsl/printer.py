@@ -30,8 +30,8 @@ def format_layer(layer: Layer) -> str:
 
 
 def _number(value: float) -> str:
-    text = f"{value:.6g}"
-    return text if any(ch in text for ch in ".e") else f"{text}.0"
+    """Shortest text that reads back as exactly ``value`` (``1.0``, ``0.2``, ``1e-05``)."""
+    return repr(float(value))
 
 
 def format_network(network: Network, header: list[str] | None = None) -> str:

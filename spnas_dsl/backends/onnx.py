@@ -1,0 +1,72 @@
+"""``--to onnx``: ``torch.onnx.export(..., dynamo=True)``, checked, run with onnxruntime.
+
+The graph comes from ``torch.export`` (opset 18+; BatchNorm folded into the convolutions),
+has one input ``input`` (float32 NCHW, dynamic batch) and one output ``logits``. It is
+validated with ``onnx.checker`` and its onnxruntime outputs are compared with PyTorch's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from spnas_dsl.errors import BuildError
+
+
+def export_onnx(model, example, path: str | Path) -> None:
+    """Export ``model`` at ``example`` (NCHW tensor, batch dimension dynamic) to ``path``."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
+                                        output_names=["logits"], dynamic_shapes=({0: batch},),
+                                        external_data=False, verbose=False)
+            program.save(str(path))
+    except ModuleNotFoundError as exc:
+        raise BuildError(f"torch.onnx.export(dynamo=True) needs the '{exc.name}' package "
+                         "(pip install onnxscript)") from None
+    except Exception as exc:
+        raise BuildError(f"ONNX export failed: {type(exc).__name__}: {exc}\n{chatter.getvalue()[-2000:]}") from None
+
+
+def check_onnx(path: str | Path) -> dict:
+    """Run ``onnx.checker`` (full check); returns opset and node count."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise BuildError(f"onnx.checker rejected {Path(path).name}: {exc}") from None
+    model = onnx.load(str(path), load_external_data=False)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    return {"opset": opset, "nodes": len(model.graph.node)}
+
+
+def onnxruntime_runner(path: str | Path, threads: int = 1):
+    """A function NCHW numpy -> outputs numpy running ``path`` on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        return session.run(None, {name: x})[0]
+
+    return run
+
+
+def export(ctx) -> None:
+    import torch
+
+    path = ctx.staging / f"{ctx.stem}.onnx"
+    export_onnx(ctx.model, torch.from_numpy(ctx.batch), path)
+    info = check_onnx(path)
+    ctx.add(path, "onnx", "onnx", run=onnxruntime_runner(path), input="input: float32 [batch, C, H, W]", **info)

@@ -1,0 +1,241 @@
+"""``--to tflite``: TFLite flatbuffers from the Keras model of the IR (``keras.py``).
+
+Reusable pieces (the latency tables time single parts with them):
+
+- ``keras_to_tflite(model, int8=False, representative=None) -> bytes``: float32, or full-integer
+  int8 (int8 input and output) with a representative data set (NHWC float32 samples).
+- ``network_tflite(network, state_dict=None, ...) -> bytes``: a whole concrete network.
+- ``build_layer_tflite(shape, option, ...) -> bytes``: one MBConv option at the input shape of
+  ``shape`` (a ``shapes.LayerShape``, e.g. ``infer_shapes(space).layers[i]``), for any candidate
+  of a search space; ``build_stem_tflite(network)``, ``build_head_tflite(network)`` and
+  ``build_part_tflite(network, "stem" | "head" | index, option)`` for the rest.
+- ``TFLiteModel(bytes_or_path, num_threads=1)``: an ``ai_edge_litert`` interpreter (XNNPACK,
+  one thread by default) with ``run(nhwc_float32)`` (quantizing int8 inputs and dequantizing
+  outputs) and ``invoke()`` for timing the loaded input as is.
+
+Part models are built with Keras' initial weights unless ``state_dict`` is given: the
+running time of a float model does not depend on its weight values. An int8 part is
+calibrated on N(0,1) samples unless ``representative`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from spnas_dsl.errors import BuildError
+from spnas_dsl.ir import Network, Option
+from spnas_dsl.shapes import LayerShape, infer_shapes
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # noqa: PLC0415
+
+    return tf
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the converter's Python prints (``Saved artifact at ...``) and absl warnings."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield sink
+
+
+def random_representative(input_hwc: tuple[int, int, int], samples: int = 32, seed: int = 0) -> np.ndarray:
+    """N(0,1) NHWC samples (batch 1 each): the calibration of a part when no data is given."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((samples, 1, *input_hwc), dtype=np.float32)
+
+
+def keras_to_tflite(model, *, int8: bool = False, representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """Convert a Keras model with ``tf.lite.TFLiteConverter.from_keras_model``.
+
+    ``int8``: full-integer post-training quantization (int8 weights and activations, int8
+    input and output tensors); ``representative`` is an iterable of NHWC float32 arrays of
+    the model's input shape (batch 1), default 32 random N(0,1) samples.
+    """
+    tf = _tf()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        if representative is None:
+            representative = random_representative(tuple(model.input_shape[1:]))
+        samples = [np.asarray(s, dtype=np.float32).reshape((1, *model.input_shape[1:])) for s in representative]
+        if not samples:
+            raise BuildError("int8 quantization needs at least one representative sample")
+
+        def dataset():
+            for s in samples:
+                yield [s]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with _quiet() as log:
+        try:
+            return bytes(converter.convert())
+        except Exception as exc:
+            raise BuildError(f"TFLite conversion failed: {type(exc).__name__}: {exc}\n{log.getvalue()[-2000:]}") from None
+
+
+def network_tflite(network: Network, state_dict: dict | None = None, *, int8: bool = False,
+                   representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """The TFLite model of a whole concrete network (weights from a PyTorch ``state_dict``)."""
+    from spnas_dsl.backends.keras import build_keras_model
+
+    return keras_to_tflite(build_keras_model(network, state_dict), int8=int8, representative=representative)
+
+
+def build_layer_tflite(shape: LayerShape, option: Option, *, state_dict: dict | None = None, int8: bool = False,
+                       representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """One MBConv ``option`` at the place of ``shape`` (input HxWxC, output channels, stride)."""
+    from spnas_dsl.backends.keras import build_keras_mbconv
+
+    if option.is_skip:
+        raise BuildError(f"layer {shape.index} ({shape.name}): a skip has no model (it costs nothing)")
+    model = build_keras_mbconv(shape.in_hwc, shape.out_hwc[2], option, shape.stride, state_dict)
+    return keras_to_tflite(model, int8=int8, representative=representative)
+
+
+def build_stem_tflite(network: Network, *, state_dict: dict | None = None, int8: bool = False,
+                      representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """The stem of ``network`` (conv + BN + ReLU at the network's input size)."""
+    from spnas_dsl.backends.keras import build_keras_part
+
+    return keras_to_tflite(build_keras_part(network, "stem", state_dict=state_dict), int8=int8,
+                           representative=representative)
+
+
+def build_head_tflite(network: Network, *, state_dict: dict | None = None, int8: bool = False,
+                      representative: Iterable[np.ndarray] | None = None) -> bytes:
+    """The head of ``network`` (1x1 conv + BN + ReLU, pool, dense) at its input shape."""
+    from spnas_dsl.backends.keras import build_keras_part
+
+    return keras_to_tflite(build_keras_part(network, "head", state_dict=state_dict), int8=int8,
+                           representative=representative)
+
+
+def build_part_tflite(network: Network, part: str | int, option: Option | None = None, **kwargs) -> bytes:
+    """``"stem"``, ``"head"`` or layer ``index`` of ``network`` (with ``option`` for a searched layer)."""
+    if part == "stem":
+        return build_stem_tflite(network, **kwargs)
+    if part == "head":
+        return build_head_tflite(network, **kwargs)
+    from spnas_dsl.backends.keras import build_keras_part
+
+    model = build_keras_part(network, part, option, state_dict=kwargs.pop("state_dict", None))
+    return keras_to_tflite(model, **kwargs)
+
+
+def layer_shapes(network: Network) -> list[LayerShape]:
+    """Convenience: ``infer_shapes(network).layers`` (what ``build_layer_tflite`` takes)."""
+    return infer_shapes(network).layers
+
+
+class TFLiteModel:
+    """A TFLite model loaded in ``ai_edge_litert.interpreter.Interpreter`` (one thread by default)."""
+
+    def __init__(self, model: bytes | str | Path, num_threads: int = 1):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(model, (bytes, bytearray)):
+            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+        else:
+            self.interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.input["shape"])
+
+    @property
+    def input_dtype(self):
+        return self.input["dtype"]
+
+    @property
+    def input_quantization(self) -> tuple[float, int] | None:
+        """(scale, zero point) of an integer input, else None."""
+        scale, zero = self.input["quantization"]
+        return (float(scale), int(zero)) if np.issubdtype(self.input["dtype"], np.integer) and scale else None
+
+    @property
+    def output_quantization(self) -> tuple[float, int] | None:
+        scale, zero = self.output["quantization"]
+        return (float(scale), int(zero)) if np.issubdtype(self.output["dtype"], np.integer) and scale else None
+
+    def set_input(self, x: np.ndarray) -> None:
+        """Load one NHWC float32 sample (batch 1), quantizing it for an int8 model."""
+        x = np.asarray(x, dtype=np.float32).reshape(self.input_shape)
+        q = self.input_quantization
+        if q is not None:
+            info = np.iinfo(self.input["dtype"])
+            x = np.clip(np.round(x / q[0] + q[1]), info.min, info.max).astype(self.input["dtype"])
+        self.interpreter.set_tensor(self.input["index"], x)
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def get_output(self) -> np.ndarray:
+        y = self.interpreter.get_tensor(self.output["index"])
+        q = self.output_quantization
+        if q is not None:
+            y = (y.astype(np.float32) - q[1]) * q[0]
+        return y.astype(np.float32)
+
+    def run(self, x_nhwc: np.ndarray) -> np.ndarray:
+        """Outputs (float32) for a batch of NHWC samples, one invoke per sample."""
+        outs = []
+        for sample in np.asarray(x_nhwc, dtype=np.float32):
+            self.set_input(sample[None])
+            self.invoke()
+            outs.append(self.get_output()[0])
+        return np.stack(outs)
+
+    def run_nchw(self, x_nchw: np.ndarray) -> np.ndarray:
+        return self.run(np.transpose(x_nchw, (0, 2, 3, 1)))
+
+
+def op_names(model: bytes | str | Path) -> list[str]:
+    """The builtin operator of every node of the (first) subgraph, in order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    interp = Interpreter(model_content=content)
+    return [op["op_name"] for op in interp._get_ops_details()]  # noqa: SLF001 - no public listing
+
+
+def export(ctx) -> None:
+    from spnas_dsl.backends import deploy
+    from spnas_dsl.backends.keras import build_keras_model
+
+    model = build_keras_model(ctx.network, ctx.model.state_dict())
+    float_path = ctx.staging / f"{ctx.stem}.tflite"
+    float_path.write_bytes(keras_to_tflite(model))
+    runner = TFLiteModel(float_path)
+    ops = op_names(float_path)
+    ctx.add(float_path, "tflite", "tflite", run=runner.run_nchw, precision="float32",
+            input=f"float32 NHWC {list(runner.input_shape)}", ops=len(ops),
+            transposes=ops.count("TRANSPOSE"))
+    models = [(float_path.name, runner)]
+    if ctx.int8:
+        calib = np.transpose(ctx.calibration, (0, 2, 3, 1))[:, None]
+        int8_path = ctx.staging / f"{ctx.stem}_int8.tflite"
+        int8_path.write_bytes(keras_to_tflite(model, int8=True, representative=calib))
+        q = TFLiteModel(int8_path)
+        ctx.add(int8_path, "tflite", "tflite", run=q.run_nchw, precision="int8", checked=False,
+                input=f"int8 NHWC {list(q.input_shape)}", input_quantization=q.input_quantization,
+                output_quantization=q.output_quantization, calibration=ctx.calibration_source,
+                size_ratio=round(float_path.stat().st_size / int8_path.stat().st_size, 2))
+        models.append((int8_path.name, q))
+    deploy.write_deploy(ctx, models)

@@ -1,0 +1,286 @@
+"""The target registry: which devices spnas can price networks for, and where their tables are.
+
+A target is a device + runtime + thread count whose per-layer latencies are recorded in a
+lookup table (:mod:`spnas_dsl.targets.table`). Targets are data, not code:
+
+- built-in tables ship in the repository's ``targets/`` folder (``pixel1``: the paper's
+  published Pixel 1 table, read-only: it cannot be profiled here);
+- local tables live in the user cache, ``$SPNAS_CACHE_DIR/targets/<name>.json`` (default
+  ``$XDG_CACHE_HOME/spnas`` or ``~/.cache/spnas`` for ``$SPNAS_CACHE_DIR``), written by
+  ``spnasc lut build`` for the profilable kinds: ``host-tflite``, ``host-onnxruntime`` and
+  ``android:SERIAL`` (any phone reachable over adb).
+
+To add a target kind, add a :class:`TargetSpec` to :data:`KNOWN_TARGETS` (or a name pattern
+like :data:`ANDROID_RE` resolved in :func:`resolve_spec`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from spnas_dsl.errors import TargetError
+from spnas_dsl.resources import data_path
+from spnas_dsl.targets.table import Calibration, LatencyTable, Lookup, load_table
+
+__all__ = [
+    "ANDROID_RE",
+    "KNOWN_TARGETS",
+    "Calibration",
+    "LatencyTable",
+    "Lookup",
+    "Target",
+    "TargetSpec",
+    "TargetStatus",
+    "cache_dir",
+    "list_targets",
+    "load_target",
+    "local_table_path",
+    "resolve_spec",
+]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a target is. ``table``: the built-in table file in ``targets/`` (None: a local table)."""
+
+    name: str
+    description: str
+    device: str
+    runtime: str
+    threads: int
+    profilable: bool  # whether ``spnasc lut build`` can measure it from this machine
+    kind: str = "builtin"  # builtin | host | android | local | file
+    table: str | None = None
+
+    @property
+    def what(self) -> str:
+        """One line: device, runtime, threads."""
+        threads = f"{self.threads} thread" + ("s" if self.threads != 1 else "")
+        return f"{self.device}, {self.runtime}, {threads}"
+
+
+KNOWN_TARGETS: dict[str, TargetSpec] = {
+    "pixel1": TargetSpec(
+        name="pixel1",
+        description="the Single-Path NAS paper's published Pixel 1 table (read-only)",
+        device="Google Pixel 1",
+        runtime="TFLite float",
+        threads=1,
+        profilable=False,
+        kind="builtin",
+        table="pixel1.json",
+    ),
+    "host-tflite": TargetSpec(
+        name="host-tflite",
+        description="this machine's CPU through the TFLite (LiteRT) interpreter",
+        device="host CPU",
+        runtime="TFLite float",
+        threads=1,
+        profilable=True,
+        kind="host",
+    ),
+    "host-onnxruntime": TargetSpec(
+        name="host-onnxruntime",
+        description="this machine's CPU through ONNX Runtime",
+        device="host CPU",
+        runtime="ONNX Runtime float (CPU execution provider)",
+        threads=1,
+        profilable=True,
+        kind="host",
+    ),
+}
+
+# ``android:SERIAL``: a phone reachable with ``adb -s SERIAL`` (serials may hold host:port).
+ANDROID_RE = re.compile(r"^android:(?P<serial>[A-Za-z0-9][A-Za-z0-9._:-]*)$")
+ANDROID_PATTERN = "android:SERIAL"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target with its loaded lookup table."""
+
+    spec: TargetSpec
+    table: LatencyTable
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.table.calibration
+
+    @property
+    def read_only(self) -> bool:
+        return self.table.read_only or not self.spec.profilable
+
+    def lookup(self, signature: str, position: int | None = None) -> Lookup | None:
+        """The table's figure for ``signature`` at layer ``position`` (see :meth:`LatencyTable.lookup`)."""
+        return self.table.lookup(signature, position)
+
+
+def cache_dir() -> Path:
+    """The folder of local tables: ``$SPNAS_CACHE_DIR/targets`` (default ``~/.cache/spnas/targets``)."""
+    base = os.environ.get("SPNAS_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(xdg, "spnas")
+    return Path(base) / "targets"
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def local_table_path(name: str) -> Path:
+    """Where the local table of target ``name`` is (or will be) stored (``android:X`` -> ``android_X.json``)."""
+    return cache_dir() / f"{_file_stem(name)}.json"
+
+
+def _spec_from_table(name: str, table: LatencyTable, kind: str) -> TargetSpec:
+    return TargetSpec(
+        name=name, description=table.description, device=table.device, runtime=table.runtime,
+        threads=table.threads, profilable=not table.read_only, kind=kind,
+    )
+
+
+def _known_names() -> list[str]:
+    names = list(KNOWN_TARGETS) + [ANDROID_PATTERN]
+    names += [n for n in _local_names() if n not in KNOWN_TARGETS]
+    return names
+
+
+def _local_names() -> list[str]:
+    """Names of the valid local tables in the cache (the ``name`` field of each file)."""
+    folder = cache_dir()
+    names = []
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                names.append(load_table(path).name)
+            except TargetError:
+                continue
+    return names
+
+
+def resolve_spec(name: str) -> TargetSpec:
+    """The spec of target ``name``; an unknown name is a :class:`TargetError` listing the known ones."""
+    if name in KNOWN_TARGETS:
+        return KNOWN_TARGETS[name]
+    m = ANDROID_RE.match(name)
+    if m:
+        serial = m.group("serial")
+        return TargetSpec(
+            name=name, description=f"Android device {serial} over adb", device=f"Android device {serial}",
+            runtime="TFLite float", threads=1, profilable=True, kind="android",
+        )
+    path = local_table_path(name)
+    if path.is_file():
+        table = load_table(path)
+        if table.name == name:
+            return _spec_from_table(name, table, "local")
+    raise TargetError(f"unknown target '{name}'; known: {', '.join(_known_names())}")
+
+
+def _is_file_name(name: str) -> bool:
+    return name.endswith(".json") or os.sep in name or "/" in name
+
+
+def load_target(name: str) -> Target:
+    """Load target ``name`` (a registered name, ``android:SERIAL``, a local table, or a table file path).
+
+    Raises :class:`TargetError` for an unknown target, a profilable target whose table has not
+    been built yet, or a missing/corrupt table file (the message names the file).
+    """
+    if _is_file_name(name):
+        path = Path(name)
+        table = load_table(path)
+        return Target(_spec_from_table(table.name, table, "file"), table, path)
+    spec = resolve_spec(name)
+    if spec.table is not None:
+        path = data_path("targets", spec.table)
+    else:
+        path = local_table_path(name)
+        if not path.is_file():
+            raise TargetError(
+                f"target '{name}' has no lookup table yet ({path}); build it with "
+                f"`spnasc lut build SPACE --target {name}`"
+            )
+    table = load_table(path)
+    if table.name != name:
+        raise TargetError(f"target table {path} is for target '{table.name}', not '{name}'")
+    return Target(spec, table, path)
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """One row of ``spnasc targets``: a target, where its table is and how many signatures it has."""
+
+    spec: TargetSpec
+    path: Path | None  # None: no table yet (or a name pattern)
+    signatures: int | None
+    error: str | None = None  # the table exists but does not load
+
+    @property
+    def built(self) -> bool:
+        return self.path is not None and self.error is None
+
+    @property
+    def where(self) -> str:
+        """Where the table is, or what to run to build it."""
+        if self.error:
+            return f"{self.path}: unusable ({self.error})"
+        if self.path is not None:
+            return str(self.path)
+        if not self.spec.profilable:
+            return "no table"
+        return f"not built yet: run spnasc lut build SPACE --target {self.spec.name}"
+
+
+def list_targets() -> list[TargetStatus]:
+    """Every known target (built-in, profilable kinds, the android pattern, local tables) with its state."""
+    rows: list[TargetStatus] = []
+    local = {}
+    folder = cache_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                table = load_table(path)
+            except TargetError as exc:
+                local[path.stem] = (path, None, exc.message)
+                continue
+            local[table.name] = (path, table, None)
+    for name, spec in KNOWN_TARGETS.items():
+        if spec.table is not None:
+            path = data_path("targets", spec.table)
+            rows.append(_status(spec, path))
+        elif name in local:
+            path, table, error = local.pop(name)
+            rows.append(TargetStatus(spec, path, len(table.signatures) if table else None, error))
+        else:
+            rows.append(TargetStatus(spec, None, None))
+    rows.append(TargetStatus(
+        TargetSpec(name=ANDROID_PATTERN, description="any Android phone reachable over adb (adb -s SERIAL)",
+                   device="Android device", runtime="TFLite float", threads=1, profilable=True, kind="android"),
+        None, None,
+    ))
+    for name, (path, table, error) in sorted(local.items()):
+        if table is None:
+            spec = TargetSpec(name=name, description="local table", device="?", runtime="?", threads=1,
+                              profilable=True, kind="local")
+        else:
+            spec = resolve_spec(name) if ANDROID_RE.match(name) else _spec_from_table(name, table, "local")
+        rows.append(TargetStatus(spec, path, len(table.signatures) if table else None, error))
+    return rows
+
+
+def _status(spec: TargetSpec, path: Path) -> TargetStatus:
+    try:
+        table = load_table(path)
+    except TargetError as exc:
+        return TargetStatus(spec, path, None, exc.message)
+    return TargetStatus(spec, path, len(table.signatures))
