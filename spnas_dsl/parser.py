@@ -346,11 +346,14 @@ class _IRBuilder(Transformer):
         name, *rest = items
         params = [p for p in rest if isinstance(p, _Param)]
         layers = [layer for group in rest if isinstance(group, list) for layer in group]
-        fake = _Op("stage", params, self._span(name))
+        span = self._span(name)
+        end = self._span(meta)  # from the name to the closing brace (the formatter's comments need it)
+        span = Span(self.filename, span.line, span.column, end.end_line, end.end_column)
+        fake = _Op("stage", params, span)
         ps = self._params(fake, _OP_PARAMS["stage"], f"stage '{name}'")
         c = self._whole(self._scalar(ps, "c", "output channels", True, self._span(name)), "channels", self._span(name), 1)
         s = self._whole(self._scalar(ps, "s", "stride", False, self._span(name), 1), "stride", self._span(name), 1)
-        return ("stage", Stage(name=str(name), channels=c, stride=s, layers=tuple(layers), span=self._span(name)), None)
+        return ("stage", Stage(name=str(name), channels=c, stride=s, layers=tuple(layers), span=span), None)
 
     @v_args(inline=False, meta=True)
     def network(self, meta, items):
@@ -359,6 +362,8 @@ class _IRBuilder(Transformer):
         spans: dict[str, Span] = {}
         stages = []
         net_span = self._span(name)
+        end = self._span(meta)  # from the name to the closing brace
+        net_span = Span(self.filename, net_span.line, net_span.column, end.end_line, end.end_column)
         for key, value, span in statements:
             if key == "stage":
                 stages.append(value)

@@ -36,10 +36,13 @@ def _number(value: float) -> str:
 
 def format_network(network: Network, header: list[str] | None = None) -> str:
     """The canonical text of ``network``; ``header`` lines are written first as comments."""
-    lines: list[tuple[int | None, int, str]] = []  # (source line, depth, text)
+    lines: list[tuple[int | None, int, str, bool]] = []  # (source line, depth, text, closes a block)
 
     def emit(span, depth: int, text: str) -> None:
-        lines.append((span.line if span else None, depth, text))
+        lines.append((span.line if span else None, depth, text, False))
+
+    def close(span, depth: int) -> None:  # a block's `}`: the parser ends its span there
+        lines.append((span.end_line if span else None, depth, "}", True))
 
     spans = network.header_spans
     emit(network.span, 0, f"network {network.name} {{")
@@ -59,10 +62,10 @@ def format_network(network: Network, header: list[str] | None = None) -> str:
             prefix = f"{count}x " if count > 1 else ""
             emit(stage.layers[i].span, 2, prefix + format_layer(stage.layers[i]))
             i = j + 1
-        emit(None, 1, "}")
+        close(stage.span, 1)
     head = network.head
     emit(head.span, 1, f"head conv c={head.channels} dropout={_number(head.dropout)}")
-    emit(None, 0, "}")
+    close(network.span, 0)
 
     out = [f"# {h}" if h else "#" for h in (header or [])]
     out += _with_comments(lines, list(network.comments))
@@ -74,20 +77,18 @@ def _with_comments(lines, comments: list[Comment]) -> list[str]:
     trailing = {c.line: c for c in comments if c.trailing}
     out: list[str] = []
     last_line = 0
-    for source_line, depth, text in lines:
+    for source_line, depth, text, closing in lines:
         indent = INDENT * depth
         if source_line is not None:
+            inner = INDENT * (depth + closing)  # comments before a `}` stay inside its block
             while own and own[0].line < source_line:
-                out.append(f"{indent}#{own.pop(0).text}".rstrip())
+                out.append(f"{inner}#{own.pop(0).text}".rstrip())
             note = trailing.pop(source_line, None) if source_line > last_line else None
             last_line = max(last_line, source_line)
             out.append(f"{indent}{text}" + (f"  #{note.text}".rstrip() if note else ""))
         else:
             out.append(indent + text)
-    # Comments after the last located statement (and any trailing ones not re-attached).
+    # Comments after the network's `}` (and any trailing ones not re-attached).
     rest = sorted(own + list(trailing.values()), key=lambda c: c.line)
-    if rest:
-        closing = out.pop()
-        out.extend(f"{INDENT}#{c.text}".rstrip() for c in rest)
-        out.append(closing)
+    out.extend(f"#{c.text}".rstrip() for c in rest)
     return out

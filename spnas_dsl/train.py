@@ -314,6 +314,23 @@ def sync_buffers(model: nn.Module, info: DistInfo) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
+def summary_writer(log_dir: Path, purge_step: int | None = None):
+    """A TensorBoard ``SummaryWriter`` that does not import TensorFlow.
+
+    With TensorFlow installed (the tflite backend needs it), ``torch.utils.tensorboard`` would
+    import it to write event files (tens of seconds, a GB of memory). TensorBoard's own
+    ``tensorboard.compat.notf`` marker makes it use its built-in file writer instead.
+    """
+    import sys
+    import types
+
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+
 class Run:
     """One training run: the state that checkpoints save and the steps between them."""
 
@@ -416,7 +433,7 @@ class Run:
                 for x, y in self.train_batches(epoch, start_batch=batch):
                     logits = self.net(x)
                     loss = self.criterion(logits, y)
-                    value = float(loss)
+                    value = loss.item()
                     if any_rank(not math.isfinite(value), info):
                         raise SpnasError(f"training diverged: the loss is {value} at step {self.step + 1}; "
                                          f"try a lower --lr (now {self.recipe.base_lr:.4g})")
@@ -469,9 +486,7 @@ class Run:
     def tensorboard(self):
         if not self.info.is_main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(self.p.out_dir / TENSORBOARD), purge_step=self.step or None)
+        return summary_writer(self.p.out_dir / TENSORBOARD, purge_step=self.step or None)
 
     # -- outputs --------------------------------------------------------------------------
     def final_metrics(self, wall_s: float) -> dict:

@@ -60,30 +60,42 @@ def valid_networks():
 
     from spnas_dsl.ir import EXPANSIONS, KERNEL_SIZES, Choice, Head, InputSize, Layer, Network, Stage, Stem
 
-    names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,7}", fullmatch=True)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+    names = st.builds(  # identifiers; keywords such as `stage` or `skip` are valid names too
+        str.__add__,
+        st.sampled_from(list(letters) + ["stage", "skip", "mbconv", "x", "network", "input"]),
+        st.text(letters + "0123456789", max_size=6),
+    )
     channels = st.sampled_from([1, 3, 8, 16, 24, 32, 40, 320])
     strides = st.sampled_from([1, 2])
 
     def subset(values):
         return st.sets(st.sampled_from(values), min_size=1).map(lambda s: Choice(values=tuple(sorted(s))))
 
+    # strategies built once: hypothesis is much slower when it meets new strategy objects
+    kernels, expansions, stem_kernels = subset(KERNEL_SIZES), subset(EXPANSIONS), st.sampled_from([1, 3, 5, 7])
+    kinds, kinds_no_skip = st.sampled_from(["mbconv", "mbconv|skip", "skip"]), st.just("mbconv")
+    layer_counts, repeat = st.integers(1, 4), st.integers(0, 3)
+    widths = st.one_of(st.sampled_from([0.35, 0.5, 1.0, 1.4]), st.floats(0.05, 4.0))
+    dropouts = st.one_of(st.sampled_from([0.0, 0.2]), st.floats(0.0, 1.0, exclude_max=True))
+
     @st.composite
     def networks(draw):
-        stem = Stem(kernel=draw(st.sampled_from([1, 3, 5, 7])), channels=draw(channels), stride=draw(strides))
+        stem = Stem(kernel=draw(stem_kernels), channels=draw(channels), stride=draw(strides))
         stages, in_channels = [], stem.channels
         for name in draw(st.lists(names, min_size=1, max_size=5, unique=True)):
             out_channels, stride = draw(channels), draw(strides)
             layers: list[Layer] = []
-            for i in range(draw(st.integers(1, 4))):
-                if layers and draw(st.integers(0, 3)) == 0:
+            for i in range(draw(layer_counts)):
+                if layers and draw(repeat) == 0:
                     layers.append(layers[-1])  # runs of equal layers (folded into `Nx`)
                     continue
                 may_skip = i > 0 or (stride == 1 and out_channels == in_channels)
-                kind = draw(st.sampled_from(["mbconv", "mbconv|skip", "skip"] if may_skip else ["mbconv"]))
+                kind = draw(kinds if may_skip else kinds_no_skip)
                 if kind == "skip":
                     layers.append(Layer(skip=True))
                 else:
-                    kernel, expansion = draw(subset(KERNEL_SIZES)), draw(subset(EXPANSIONS))
+                    kernel, expansion = draw(kernels), draw(expansions)
                     layers.append(Layer(kernel=kernel, expansion=expansion, skip=kind != "mbconv"))
             stages.append(Stage(name=name, channels=out_channels, stride=stride, layers=tuple(layers)))
             in_channels = out_channels
@@ -96,12 +108,12 @@ def valid_networks():
                 channels=draw(st.integers(1, 4)),
             ),
             classes=draw(st.integers(1, 1000)),
-            width_multiplier=draw(st.one_of(st.sampled_from([0.35, 0.5, 1.0, 1.4]), st.floats(0.05, 4.0))),
+            width_multiplier=draw(widths),
             stem=stem,
             stages=tuple(stages),
             head=Head(
                 channels=draw(st.integers(1, 2048)),
-                dropout=draw(st.one_of(st.sampled_from([0.0, 0.2]), st.floats(0.0, 1.0, exclude_max=True))),
+                dropout=draw(dropouts),
             ),
         )
 

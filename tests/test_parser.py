@@ -121,6 +121,8 @@ def test_spans_point_at_names():
     assert (layer.span.line, layer.span.column) == (12, 12)
     assert (layer.kernel.span.line, layer.kernel.span.column) == (12, 19)
     assert str(net.input.span) == "f.spnas:3:11"
+    # blocks' spans end at their closing brace (the formatter puts comments there back in place)
+    assert [s.span.end_line for s in net.stages] == [9, 14] and net.span.end_line == 16
 
 
 def test_numbers_written_as_floats_are_accepted_when_whole():

@@ -48,8 +48,8 @@ network messy {  # on the first statement of its line
         2x mbconv k=3 e=6
     }
     head conv c=64 dropout=0.2
-    # trailing note
 }
+# trailing note
 """
 
 
@@ -92,6 +92,9 @@ def test_comments_are_never_lost():
     out = format_network(parse_text(text))
     for note in ["leading note", "the stem", "before the repeats", "end of b", "closing b", "open", "trailing note"]:
         assert out.count(f"# {note}") == 1, note
+    # comments at a closing brace stay there: inside the block before it, or at the end of its line
+    assert "        2x mbconv k=3 e=6\n        # end of b\n    }  # closing b\n    head" in out
+    assert out.endswith("}\n# trailing note\n")
     assert format_network(parse_text(out)) == out
 
 
@@ -142,16 +145,16 @@ def test_round_trip_of_generated_networks(valid_networks, data):
     assert not re.search(r"<\d+>", text)
 
 
-SEPARATORS = st.sampled_from([" ", "  ", "\n", "\t", " \n\n   ", "\n\t\t", " # note\n", "\n# note\n  "])
+SEPARATORS = [" ", "  ", "\n", "\t", " \n\n   ", "\n\t\t", " # note\n", "\n# note\n  "]
 
 
-@PROPERTY
-@given(data=st.data())
-def test_any_layout_formats_to_the_canonical_text(valid_networks, data):
+@settings(PROPERTY, max_examples=60)
+@given(data=st.data(), rnd=st.randoms(use_true_random=False))
+def test_any_layout_formats_to_the_canonical_text(valid_networks, data, rnd):
     net = data.draw(valid_networks)
     canonical = format_network(net)
-    tokens = canonical.split()
-    seps = data.draw(st.lists(SEPARATORS, min_size=len(tokens) + 1, max_size=len(tokens) + 1))
+    tokens = canonical.split()  # the layout may change anywhere between tokens, comments included
+    seps = [rnd.choice(SEPARATORS) for _ in range(len(tokens) + 1)]
     messy = seps[0].lstrip(" \t") + "".join(tok + sep for tok, sep in zip(tokens, seps[1:]))
     parsed = parse_text(messy)
     assert parsed == net

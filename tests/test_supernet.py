@@ -115,7 +115,8 @@ def check_option_equivalence(space: Network, index: int, option: Option, train: 
     in_chs, out_chs = shape.in_hwc[2], shape.out_hwc[2]
     randomize_bn(block, seed=index)
     block.select(option)
-    assert block.indicators(dropout=False).chosen() == option
+    with torch.no_grad():
+        assert block.indicators(dropout=False).chosen() == option
     x = torch.randn(4, in_chs, shape.in_hwc[0], shape.in_hwc[1])
     block.train(train)
     got = block(x)
@@ -206,7 +207,7 @@ def test_module_names_and_layer_positions():
     names = {n for n, _ in supernet.named_parameters() if "threshold" in n}
     assert names == {f"blocks.0.0.conv_dw.threshold_{d}" for d in ("k5", "k7", "e4", "e6", "skip")} | {
         f"blocks.1.0.conv_dw.threshold_{d}" for d in ("k5", "k7", "e4", "e6")}
-    assert all(float(p) == 0.0 for p in supernet.threshold_parameters())
+    assert all(p.item() == 0.0 for p in supernet.threshold_parameters())
     ids = {id(p) for p in supernet.threshold_parameters()}
     assert len(ids) == 9 and ids.isdisjoint(id(p) for p in supernet.weight_parameters())
     assert len(ids) + len(supernet.weight_parameters()) == len(list(supernet.parameters()))
@@ -248,7 +249,7 @@ def test_gradients_reach_every_threshold_through_ce_and_latency(fashion):
     torch.manual_seed(0)
     supernet = lower_to_supernet(fashion, latency_graph=FakeGraph(fashion)).train()
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    thresholds = dict((n, p) for n, p in supernet.named_parameters() if "threshold_" in n)
+    thresholds = {n: p for n, p in supernet.named_parameters() if "threshold_" in n}
 
     out = supernet(x)
     nn.functional.cross_entropy(out.logits, y).backward()
@@ -270,13 +271,13 @@ def test_large_lambda_lowers_the_latency(fashion):
     torch.manual_seed(0)
     graph = FakeGraph(fashion)
     supernet = lower_to_supernet(fashion, latency_graph=graph).train()
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     optimizer = torch.optim.Adam([
         {"params": supernet.weight_parameters(), "lr": 1e-3},
-        {"params": supernet.threshold_parameters(), "lr": 0.5},
+        {"params": supernet.threshold_parameters(), "lr": 1.0},
     ])
     start = supernet.latency_ms()
-    for _ in range(15):
+    for _ in range(6):
         optimizer.zero_grad()
         out = supernet(x)
         loss = nn.functional.cross_entropy(out.logits, y) + 100.0 * torch.log(out.latency_ms)
@@ -346,3 +347,5 @@ def test_pixel1_target_on_mnasnet():
     assert all(p.grad is not None and float(p.grad) != 0.0 for p in supernet.threshold_parameters())
     supernet.select({i: Option(kernel=3, expansion=3) for i in range(1, 21)})
     assert supernet.latency_ms() == pytest.approx(65.69, abs=0.01)
+    supernet.select({3: SKIP, 8: Option(kernel=5, expansion=3), 14: Option(kernel=3, expansion=6)})
+    assert supernet.latency_ms() == pytest.approx(supernet.latency_graph.predict(supernet.derive()), rel=1e-6)

@@ -11,10 +11,13 @@ Modules are imported when their exporter is used, so naming the registry costs n
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -163,6 +166,38 @@ class BuildResult:
     manifest: dict
     artifacts: list[Artifact]
     notes: list[str]
+
+
+class CapturedOutput:
+    text = ""
+
+
+@contextlib.contextmanager
+def quiet_output():
+    """Capture everything written to stdout/stderr, by Python or by C++ (file descriptors 1
+    and 2): TensorFlow, the TFLite converter and torch.onnx are chatty. The text is in
+    ``.text`` after the block, for error messages."""
+    captured = CapturedOutput()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    python_text = io.StringIO()
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(python_text), contextlib.redirect_stderr(python_text):
+                yield captured
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.text = python_text.getvalue() + sink.read().decode("utf-8", "replace")
 
 
 # -- output folder ----------------------------------------------------------------------------------

@@ -7,10 +7,9 @@ validated with ``onnx.checker`` and its onnxruntime outputs are compared with Py
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
+from spnas_dsl.backends import quiet_output
 from spnas_dsl.errors import BuildError
 
 
@@ -19,18 +18,20 @@ def export_onnx(model, example, path: str | Path) -> None:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    chatter = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+    failure = None
+    with quiet_output() as chatter:  # progress lines and "torchvision is not installed" warnings
+        try:
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
                                         output_names=["logits"], dynamic_shapes=({0: batch},),
                                         external_data=False, verbose=False)
             program.save(str(path))
-    except ModuleNotFoundError as exc:
-        raise BuildError(f"torch.onnx.export(dynamo=True) needs the '{exc.name}' package "
-                         "(pip install onnxscript)") from None
-    except Exception as exc:
-        raise BuildError(f"ONNX export failed: {type(exc).__name__}: {exc}\n{chatter.getvalue()[-2000:]}") from None
+        except Exception as exc:  # torch raises many kinds here; report them as a build failure
+            failure = exc
+    if isinstance(failure, ModuleNotFoundError):
+        raise BuildError(f"torch.onnx.export(dynamo=True) needs the '{failure.name}' package "
+                         "(pip install onnxscript)")
+    if failure is not None:
+        raise BuildError(f"ONNX export failed: {type(failure).__name__}: {failure}\n{chatter.text[-2000:]}")
 
 
 def check_onnx(path: str | Path) -> dict:

@@ -20,14 +20,13 @@ calibrated on N(0,1) samples unless ``representative`` is given.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from spnas_dsl.backends import quiet_output
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network, Option
 from spnas_dsl.shapes import LayerShape, infer_shapes
@@ -38,14 +37,6 @@ def _tf():
     import tensorflow as tf  # noqa: PLC0415
 
     return tf
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the converter's Python prints (``Saved artifact at ...``) and absl warnings."""
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield sink
 
 
 def random_representative(input_hwc: tuple[int, int, int], samples: int = 32, seed: int = 0) -> np.ndarray:
@@ -79,11 +70,15 @@ def keras_to_tflite(model, *, int8: bool = False, representative: Iterable[np.nd
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    with _quiet() as log:
+    failure = None
+    with quiet_output() as log:
         try:
-            return bytes(converter.convert())
-        except Exception as exc:
-            raise BuildError(f"TFLite conversion failed: {type(exc).__name__}: {exc}\n{log.getvalue()[-2000:]}") from None
+            content = bytes(converter.convert())
+        except Exception as exc:  # the converter raises many kinds; report them as a build failure
+            failure = exc
+    if failure is not None:
+        raise BuildError(f"TFLite conversion failed: {type(failure).__name__}: {failure}\n{log.text[-2000:]}")
+    return content
 
 
 def network_tflite(network: Network, state_dict: dict | None = None, *, int8: bool = False,
@@ -147,11 +142,12 @@ class TFLiteModel:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from ai_edge_litert.interpreter import Interpreter
 
-        if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        with quiet_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            if isinstance(model, (bytes, bytearray)):
+                self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+            else:
+                self.interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -211,7 +207,8 @@ def op_names(model: bytes | str | Path) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter
 
     content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
-    interp = Interpreter(model_content=content)
+    with quiet_output():
+        interp = Interpreter(model_content=content)
     return [op["op_name"] for op in interp._get_ops_details()]  # noqa: SLF001 - no public listing
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+from spnas_dsl.errors import SpnasError
 
 # Options with a value, in the order they are passed on to --nproc workers: (flag, dest).
 _VALUE_OPTIONS = [
@@ -98,14 +101,35 @@ def run(args) -> int:
 
         if args.nproc < 1:
             raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
-        if args.out is None and args.resume is None:  # all ranks must write to (and agree on) one folder
+        if args.arch is not None:  # the commonest mistakes, reported once before starting N processes
+            from spnas_dsl.compiler.network import require_concrete
             from spnas_dsl.parser import load
+
+            network = load(args.arch)
+            require_concrete(network)
+        if args.out is None and args.resume is None:  # all ranks must write to (and agree on) one folder
             from spnas_dsl.train import default_out_dir
 
             if args.arch is None:
                 raise UsageError("give an arch (.spnas file) to train, or --resume DIR")
-            args.out = str(default_out_dir(load(args.arch).name))
+            args.out = str(default_out_dir(network.name))
         return launch_local(args.nproc, worker_argv(args))
+
+    try:
+        return _train(args)
+    except SpnasError as exc:
+        from spnas_dsl.training.distributed import QUIET_RANK_ENV
+
+        if os.environ.get(QUIET_RANK_ENV) and not args.debug:
+            return exc.exit_code  # a --nproc worker other than rank 0: rank 0 reports the error
+        raise
+
+
+def _train(args) -> int:
+    import time
+    from pathlib import Path
+
+    from spnas_dsl.errors import UsageError
 
     from spnas_dsl.train import TrainSettings, train
 

@@ -1,0 +1,279 @@
+"""The model files that get timed: one per signature (a part alone) and one per whole network.
+
+Parts are built by the export backends exactly as they appear in a network
+(``backends/tflite.py``: ``build_stem_tflite``, ``build_layer_tflite``, ``build_head_tflite``;
+for onnxruntime the PyTorch blocks of ``compiler/blocks.py`` through ``backends/onnx.py``),
+with initial (not trained) weights: a float model's running time does not depend on its
+weight values. Files are cached in ``<cache>/profiling/models/<runtime>/`` under a hash of
+what they contain (runtime, TensorFlow/torch version, the signature or the network's
+canonical text), so a killed build resumes without converting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from spnas_dsl.errors import TargetError, UsageError
+from spnas_dsl.io import atomic_write_bytes
+from spnas_dsl.ir import Layer, Network, Option
+from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
+from spnas_dsl.shapes import LayerShape, infer_shapes
+
+BUILDER_VERSION = "1"
+
+
+def work_dir() -> Path:
+    """``<spnas cache>/profiling``: models, raw measurements (beside the targets' tables)."""
+    from spnas_dsl.targets import cache_dir
+
+    return cache_dir().parent / "profiling"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One signature of a space: the stem, the head, or one option of an MBConv layer."""
+
+    signature: str
+    kind: str                      # stem | mbconv | head
+    positions: tuple[int, ...]     # MBConv layer indices where it occurs (empty for stem/head)
+    shape: LayerShape | None = None
+    option: Option | None = None
+
+
+def space_parts(space: Network) -> list[Part]:
+    """Every distinct signature of ``space`` (each candidate of each layer, stem, head), in order."""
+    shapes = infer_shapes(space)
+    parts: dict[str, Part] = {}
+    sig = stem_signature(space, shapes)
+    parts[sig] = Part(sig, "stem", ())
+    for shape in shapes.layers:
+        for option in shape.layer.options:
+            sig = layer_signature(shape, option)
+            if sig is None:
+                continue
+            if sig in parts:
+                old = parts[sig]
+                parts[sig] = Part(sig, "mbconv", old.positions + (shape.index,), old.shape, old.option)
+            else:
+                parts[sig] = Part(sig, "mbconv", (shape.index,), shape, option)
+    sig = head_signature(shapes)
+    parts[sig] = Part(sig, "head", ())
+    return list(parts.values())
+
+
+def network_parts(network: Network) -> list[str]:
+    """The signatures a concrete network is made of (stem, each non-skipped layer, head)."""
+    shapes = infer_shapes(network)
+    sigs = [stem_signature(network, shapes)]
+    for shape in shapes.layers:
+        sig = layer_signature(shape, shape.layer.options[0])
+        if sig is not None:
+            sigs.append(sig)
+    return sigs + [head_signature(shapes)]
+
+
+# ---------------------------------------------------------------------------- concrete networks
+def choices(network: Network) -> list[Option]:
+    """The option of every layer of a concrete network."""
+    return [s.layer.options[0] for s in infer_shapes(network).layers]
+
+
+def network_id(network: Network, space_name: str | None = None) -> str:
+    """A name that rebuilds the network from its space: ``SPACE:opt,opt,...`` (``k3e6``/``skip``)."""
+    return f"{space_name or network.name}:" + ",".join(str(o) for o in choices(network))
+
+
+def concrete(space: Network, options: Iterable[Option], name: str | None = None) -> Network:
+    """The network of ``space`` with these options, one per layer."""
+    options = list(options)
+    shapes = infer_shapes(space).layers
+    if len(options) != len(shapes):
+        raise UsageError(f"{len(options)} choices for the {len(shapes)} layers of '{space.name}'")
+    for shape, option in zip(shapes, options):
+        if option not in shape.layer.options:
+            raise UsageError(f"{option} is not a candidate of layer {shape.index} ({shape.name}) of '{space.name}'")
+    net = space.replace_layers([Layer.from_option(o) for o in options])
+    return net.model_copy(update={"name": name or space.name, "comments": ()})
+
+
+def from_network_id(space: Network, text: str) -> Network:
+    """Inverse of :func:`network_id` for a network of ``space``; a mismatch is a TargetError."""
+    name, _, rest = text.partition(":")
+    if name != space.name or not rest:
+        raise TargetError(f"network '{text}' is not a network of space '{space.name}'")
+    from spnas_dsl.latency.graph import as_option
+
+    try:
+        options = [as_option(t) for t in rest.split(",")]
+        return concrete(space, options)
+    except UsageError as exc:
+        raise TargetError(f"network '{text}' does not fit space '{space.name}': {exc.message}") from None
+
+
+def random_networks(space: Network, count: int, seed: int, exclude: Iterable[str] = ()) -> list[Network]:
+    """``count`` distinct random networks of ``space`` (uniform choice per layer), none in ``exclude``."""
+    shapes = infer_shapes(space).layers
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out: list[Network] = []
+    total = 1
+    for s in shapes:
+        total *= len(s.layer.options)
+    limit = min(count, total - len(seen))
+    tries = 0
+    while len(out) < limit and tries < 100 * count + 1000:
+        tries += 1
+        net = concrete(space, [rng.choice(s.layer.options) for s in shapes])
+        key = network_id(net)
+        if key not in seen:
+            seen.add(key)
+            out.append(net)
+    return out
+
+
+def extreme_network(space: Network, largest: bool) -> Network:
+    """The network with the most (or fewest) multiply-adds in every layer."""
+    from spnas_dsl.shapes import option_cost
+
+    picks = []
+    for s in infer_shapes(space).layers:
+        ranked = sorted(s.layer.options, key=lambda o: (option_cost(s, o)[1], o.kernel or 0, o.expansion or 0))
+        picks.append(ranked[-1] if largest else ranked[0])
+    return concrete(space, picks)
+
+
+# ---------------------------------------------------------------------------- model files
+def _versions(runtime: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"tflite": ("tensorflow-cpu", "tensorflow", "keras"), "onnxruntime": ("torch", "onnx")}[runtime]
+    out = []
+    for n in names:
+        try:
+            out.append(f"{n}={version(n)}")
+        except PackageNotFoundError:
+            continue
+    return ";".join(out)
+
+
+def model_path(runtime: str, key: str) -> Path:
+    """Cache path of the model file of ``key`` (a signature or a network's canonical text)."""
+    from spnas_dsl.profiling.runtimes import SUFFIXES
+
+    digest = hashlib.sha256(f"{BUILDER_VERSION}|{runtime}|{_versions(runtime)}|{key}".encode()).hexdigest()[:24]
+    return work_dir() / "models" / runtime / f"{digest}{SUFFIXES[runtime]}"
+
+
+def _network_key(network: Network) -> str:
+    from spnas_dsl.printer import format_network
+
+    return format_network(network.model_copy(update={"name": "net", "comments": ()}))
+
+
+def _part_bytes(runtime: str, space: Network, part: Part) -> bytes:
+    if runtime == "tflite":
+        from spnas_dsl.backends import tflite
+
+        if part.kind == "stem":
+            return tflite.build_stem_tflite(space)
+        if part.kind == "head":
+            return tflite.build_head_tflite(space)
+        return tflite.build_layer_tflite(part.shape, part.option)
+    return _onnx_bytes(_torch_part(space, part), _part_input(space, part))
+
+
+def _network_bytes(runtime: str, network: Network) -> bytes:
+    if runtime == "tflite":
+        from spnas_dsl.backends import tflite
+
+        return tflite.network_tflite(network)
+    from spnas_dsl.compiler.network import lower_to_network
+
+    shapes = infer_shapes(network)
+    return _onnx_bytes(lower_to_network(network), shapes.input_hwc)
+
+
+def _part_input(space: Network, part: Part) -> tuple[int, int, int]:
+    shapes = infer_shapes(space)
+    if part.kind == "stem":
+        return shapes.input_hwc
+    if part.kind == "head":
+        return shapes.head_in
+    return part.shape.in_hwc
+
+
+def _torch_part(space: Network, part: Part):
+    from torch import nn
+
+    from spnas_dsl.compiler.blocks import ConvBnAct, batch_norm, mbconv
+
+    shapes = infer_shapes(space)
+    if part.kind == "stem":
+        return ConvBnAct(shapes.input_hwc[2], shapes.stem_out[2], space.stem.kernel, space.stem.stride)
+    if part.kind == "head":
+        c_in, c = shapes.head_in[2], shapes.head_channels
+        return nn.Sequential(nn.Conv2d(c_in, c, 1, bias=False), batch_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(1), nn.Linear(c, shapes.classes))
+    s, o = part.shape, part.option
+    return mbconv(s.in_hwc[2], s.out_hwc[2], o.kernel, s.stride, o.expansion)
+
+
+def _onnx_bytes(module, input_hwc: tuple[int, int, int]) -> bytes:
+    import tempfile
+
+    import torch
+
+    from spnas_dsl.backends.onnx import export_onnx
+
+    module.eval()
+    h, w, c = input_hwc
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, torch.zeros(1, c, h, w), path)
+        return path.read_bytes()
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """A model file to have on disk: ``key`` names it, ``make`` produces its bytes."""
+
+    key: str
+    path: Path
+    make: Callable[[], bytes]
+
+
+def part_job(runtime: str, space: Network, part: Part) -> ModelJob:
+    return ModelJob(part.signature, model_path(runtime, part.signature), lambda: _part_bytes(runtime, space, part))
+
+
+def network_job(runtime: str, network: Network, key: str) -> ModelJob:
+    return ModelJob(key, model_path(runtime, _network_key(network)), lambda: _network_bytes(runtime, network))
+
+
+def ensure_models(jobs: list[ModelJob], progress: Callable[[int], None] | None = None) -> dict[str, Path]:
+    """Build every model file that is not cached yet (atomic writes); key -> path."""
+    out = {}
+    for job in jobs:
+        if not job.path.is_file() or job.path.stat().st_size == 0:
+            job.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(job.path, job.make())
+            _clear_keras()
+        out[job.key] = job.path
+        if progress:
+            progress(1)
+    return out
+
+
+def _clear_keras() -> None:
+    """Free the Keras graph state that accumulates over many conversions in one process."""
+    import sys
+
+    if "keras" in sys.modules:
+        try:
+            sys.modules["keras"].backend.clear_session()
+        except Exception:  # pragma: no cover - best effort only
+            pass
