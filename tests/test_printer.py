@@ -99,7 +99,8 @@ def test_comments_are_never_lost():
 
 
 def test_trailing_comments_of_folded_lines_are_kept():
-    text = MESSY_CANONICAL.replace("        2x mbconv k=3 e=6\n", "        mbconv k=3 e=6  # one\n        mbconv k=3 e=6  # two\n")
+    two = "        mbconv k=3 e=6  # one\n        mbconv k=3 e=6  # two\n"
+    text = MESSY_CANONICAL.replace("        2x mbconv k=3 e=6\n", two)
     out = format_network(parse_text(text))
     assert "        2x mbconv k=3 e=6  # one\n" in out and "# two" in out
     assert format_network(parse_text(out)) == out
@@ -170,3 +171,19 @@ def test_comment_model_is_kept_on_the_network():
     net = parse_text(MESSY)
     assert Comment(line=1, text=" leading note") in net.comments
     assert all(c.trailing for c in net.comments if "stem" in c.text)
+
+
+def test_language_doc_examples_are_valid_and_current(repo):
+    """docs/language.md: every network in it parses; its listings of shipped files are the files."""
+    doc = (repo / "docs" / "language.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```\n(.*?)```", doc, re.DOTALL)
+    networks = [b for b in blocks if re.search(r"^\s*network\s+\w+\s*\{", b, re.MULTILINE) and b.rstrip().endswith("}")]
+    assert len(networks) >= 5
+    for block in networks:
+        parse_text(block)
+    messy = next(i for i, b in enumerate(blocks) if "network   messy" in b)
+    assert format_network(parse_text(blocks[messy])) == blocks[messy + 1]  # the before/after pair
+    for name in ["spaces/mnasnet.spnas", "examples/spnasnet.spnas"]:
+        assert (repo / name).read_text(encoding="utf-8") in blocks, name
+    body = (repo / "spaces/fashion_mnist.spnas").read_text(encoding="utf-8")
+    assert body[body.index("\nnetwork ") + 1 :] in blocks

@@ -71,10 +71,12 @@ def tiny(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """One finished 2-epoch run, shared by the read-only tests."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("run")
     (folder / "tiny.spnas").write_text(TINY)
     assert main(["train", str(folder / "tiny.spnas"), *DATA, "--epochs", "2", "--out", str(folder / "out")]) == 0
+    torch.set_num_threads(before)
     return folder / "out"
 
 
@@ -120,11 +122,35 @@ def test_metrics_keys(tiny_run):
 
 
 def test_training_learns_synthetic(tmp_path, tiny):
-    """Enough steps for BN statistics to settle: the tiny network beats chance (25 %) clearly."""
-    train_cli(tiny, "--data", "synthetic:1024", "--batch-size", "32", "--epochs", "3", "--lr", "0.02",
+    """A few dozen steps: the tiny network beats chance (25 %) clearly on the held-out split."""
+    train_cli(tiny, "--data", "synthetic:768", "--batch-size", "32", "--epochs", "2", "--lr", "0.02",
               "--out", tmp_path / "o", "--quiet")
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["top1"] > 0.6, metrics["history"]
+
+
+def test_recalibrate_bn_measures_the_statistics_of_the_data():
+    from torch import nn
+
+    from spnas_dsl.train import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3, momentum=0.01))
+    model.eval()
+    data = [(3.0 + 2.0 * torch.randn(16, 2, 4, 4), None) for _ in range(6)]
+    model[1].num_batches_tracked.fill_(7)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+    used = recalibrate_bn(model, data, 64)
+    assert used == 64  # 4 batches of 16, then it stops
+    with torch.no_grad():
+        feats = torch.cat([model[0](x) for x, _ in data[:4]])
+    assert torch.allclose(model[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    per_batch_var = torch.stack([model[0](x).var((0, 2, 3)) for x, _ in data[:4]]).mean(0).detach()
+    assert torch.allclose(model[1].running_var, per_batch_var, rtol=1e-4)
+    assert model[1].momentum == 0.01 and not model.training
+    for k, v in weights.items():
+        assert torch.equal(model.state_dict()[k], v), k  # weights and num_batches_tracked untouched
+    assert recalibrate_bn(model, [], 0) == 0
 
 
 def test_resume_continues_exactly(tmp_path, tiny, tiny_run):
@@ -308,27 +334,137 @@ def test_worker_argv_round_trips():
 
 
 # ---------------------------------------------------------------------------------------
-# --init-from: a tiny search on synthetic data, then fine-tuning an arch of its space.
+# --init-from: a search's folder (its checkpoint.pt: supernet weights + the config with the
+# space's source text), built directly here in search.py's format; the slow test below runs
+# a real `spnasc search` instead.
 
-def _search_available() -> bool:
-    try:
-        import spnas_dsl.search  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def fake_search_dir(folder: Path, space_text: str = TINY_SPACE, seed: int = 5) -> Path:
+    """A search output folder as ``spnas_dsl.search`` writes it, with random supernet weights."""
+    from spnas_dsl.compiler.supernet import lower_to_supernet
+    from spnas_dsl.search import CHECKPOINT, SearchConfig
+    from spnas_dsl.training import save_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    supernet = lower_to_supernet(parse_text(space_text))
+    with torch.no_grad():
+        for p in supernet.parameters():
+            p.normal_()
+        for name, b in supernet.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                b.normal_()
+    config = SearchConfig(space="gone/space.spnas", space_text=space_text, target="t.json", data="synthetic")
+    save_checkpoint(folder / CHECKPOINT, {"model": supernet.state_dict(), "config": config.to_dict(), "step": 8,
+                                          "history": {"steps": [], "epochs": []}})
+    return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_search(tmp_path_factory) -> Path:
-    if not _search_available():
-        pytest.skip("spnas_dsl.search is not there yet")
-    folder = tmp_path_factory.mktemp("search")
-    space = folder / "space.spnas"
+def test_init_from_extracts_the_supernet_weights(tmp_path, tiny):
+    from spnas_dsl.compiler.extract import extract
+    from spnas_dsl.compiler.supernet import lower_to_supernet
+    from spnas_dsl.train import init_from_search
+
+    search = fake_search_dir(tmp_path / "search")
+    model = init_from_search(search, load(tiny))
+    supernet = lower_to_supernet(parse_text(TINY_SPACE))
+    supernet.load_state_dict(torch.load(search / "checkpoint.pt", weights_only=True)["model"])
+    expected = extract(supernet, load(tiny)).state_dict()
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    # the 5x5 kernel of layer 0 on its first 8*4 channels (of 8*4 = max): the superkernel itself
+    assert torch.equal(got["blocks.0.0.conv_dw.weight"], supernet.blocks[0][0].conv_dw.weight[:32])
+    assert torch.equal(got["conv_stem.weight"], supernet.conv_stem.weight)
+
+
+def test_init_from_cli_fine_tunes(tmp_path, tiny):
+    search = fake_search_dir(tmp_path / "search")
+    out = tmp_path / "o"
+    train_cli(tiny, *DATA, "--epochs", "1", "--init-from", search, "--out", out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["init_from"] == str(search)
+    # the run started from the supernet's weights: the stem moved only a little from them
+    from safetensors.torch import load_file
+
+    start = torch.load(search / "checkpoint.pt", weights_only=True)["model"]["conv_stem.weight"]
+    trained = load_file(out / "model.safetensors")["conv_stem.weight"]
+    assert (trained - start).abs().max() < 0.5 * start.abs().max()
+
+
+def test_init_from_refuses_an_arch_outside_the_space(tmp_path, capsys):
+    search = fake_search_dir(tmp_path / "search")
+    arch = tmp_path / "k7.spnas"
+    arch.write_text(TINY.replace("stage a c=8 s=2 {\n        mbconv k=5 e=4", "stage a c=8 s=2 {\n        mbconv k=7 e=4"))
+    out = tmp_path / "o"
+    _, err = train_cli(arch, *DATA, "--init-from", search, "--out", out, expect=2, capsys=capsys)
+    assert f"--init-from {search}: layer 0 (a.0): k7e4 is not a candidate of space 'tiny'" in err, err
+    assert err.startswith(f"{arch}:7:") and "Traceback" not in err and not out.exists()
+    other = tmp_path / "wide.spnas"
+    other.write_text(TINY.replace("head conv c=32", "head conv c=48"))
+    _, err = train_cli(other, *DATA, "--init-from", search, "--out", out, expect=2, capsys=capsys)
+    assert "does not have the macro-architecture of space 'tiny': head differs" in err and not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "not-a-search", "wrong-weights"])
+def test_init_from_refuses_a_bad_search_dir(tmp_path, tiny, damage, capsys):
+    search = fake_search_dir(tmp_path / "search")
+    ckpt = search / "checkpoint.pt"
+    if damage == "missing":
+        ckpt.unlink()
+    elif damage == "garbage":
+        ckpt.write_bytes(b"\x00" * 100)
+    elif damage == "not-a-search":
+        torch.save({"model": {}}, ckpt)
+    else:
+        state = torch.load(ckpt, weights_only=True)
+        state["model"].pop("classifier.bias")
+        torch.save(state, ckpt)
+    out = tmp_path / "o"
+    code = main(["train", str(tiny), *DATA, "--init-from", str(search), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(search) in err and not out.exists()
+
+
+def tiny_table(path: Path) -> Path:
+    """A latency table (spnas_dsl.targets.table format) that prices every option of TINY_SPACE."""
+    from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
+    from spnas_dsl.shapes import infer_shapes, option_cost
+
+    space = parse_text(TINY_SPACE)
+    shapes = infer_shapes(space)
+    entries = {stem_signature(space, shapes): 0.5, head_signature(shapes): 0.5}
+    for shape in shapes.layers:
+        for option in shape.layer.options:
+            sig = layer_signature(shape, option)
+            if sig is not None:
+                entries[sig] = option_cost(shape, option)[1] / 1e4  # "ms" proportional to multiply-adds
+    path.write_text(json.dumps({
+        "version": 1, "name": "tiny-test", "description": "made up for tests", "device": "none",
+        "runtime": "none", "threads": 1, "source": "tests/test_train.py", "date": "2025-01-01",
+        "entries": [{"signature": k, "latency_ms": v} for k, v in entries.items()],
+    }))
+    return path
+
+
+@pytest.mark.slow
+def test_init_from_a_real_search(tmp_path, capsys):
+    """`spnasc search` on synthetic data, then `spnasc train ARCH --init-from SEARCH_DIR`."""
+    space = tmp_path / "space.spnas"
     space.write_text(TINY_SPACE)
-    out = folder / "out"
-    from spnas_dsl.search import tiny_search_args  # noqa: F401  (placeholder, replaced below)
-
-    return out
+    search = tmp_path / "search"
+    code = main(["search", str(space), "--target", str(tiny_table(tmp_path / "table.json")), "--data",
+                 "synthetic:256", "--epochs", "1", "--batch-size", "32", "--out", str(search), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    arch = search / "arch.spnas"
+    out = tmp_path / "o"
+    train_cli(arch, *DATA, "--epochs", "1", "--init-from", search, "--out", out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["init_from"] == str(search) and metrics["steps"] == 8
+    assert load(out / "arch.spnas") == load(arch)
 
 
 # ---------------------------------------------------------------------------------------

@@ -99,7 +99,10 @@ def test_skip_on_a_first_layer_that_keeps_the_shape_is_allowed():
 def test_skip_legality_uses_the_written_channels_not_the_rounded_ones():
     # at width 0.5, 16 and 12 both round to 8 channels, yet 16 -> 12 still changes the shape as written
     text = BASE.replace("width 1.0", "width 0.5").replace("stem conv k=3 c=32", "stem conv k=3 c=16")
-    text = text.replace("stage a c=16 s=1 {\n        mbconv k=3 e=1", "stage a c=12 s=1 {\n        mbconv k=3 e=1 | skip")
+    text = text.replace(
+        "stage a c=16 s=1 {\n        mbconv k=3 e=1",
+        "stage a c=12 s=1 {\n        mbconv k=3 e=1 | skip",
+    )
     [(line, col, message)] = errors_of(text)
     assert (line, col) == (7, 9) and "(16 -> 12 channels)" in message
 

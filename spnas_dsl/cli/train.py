@@ -13,6 +13,7 @@ _VALUE_OPTIONS = [
     ("--lr", "lr"), ("--optimizer", "optimizer"), ("--warmup-epochs", "warmup_epochs"),
     ("--image-size", "image_size"), ("--subset", "subset"), ("--seed", "seed"), ("--init-from", "init_from"),
     ("--out", "out"), ("--resume", "resume"), ("--device", "device"), ("--checkpoint-minutes", "checkpoint_minutes"),
+    ("--bn-recalibrate", "bn_recalibrate"),
 ]
 
 
@@ -60,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     p.add_argument("--checkpoint-minutes", type=float, metavar="M",
                    help="also checkpoint mid-epoch every M minutes (default 10; 0: at epoch ends only)")
+    p.add_argument("--bn-recalibrate", type=int, metavar="N",
+                   help="before each held-out evaluation, re-estimate the BN statistics on N training images "
+                   "(precise BN; default 1024; 0: keep the running averages)")
     p.add_argument("--quiet", "-q", action="store_true", default=None,
                    help="no progress bar: a summary line every 50 steps and per epoch")
     p.set_defaults(run=run)
@@ -87,6 +91,7 @@ def _given(args) -> dict:
         "lr": args.lr, "optimizer": args.optimizer, "warmup_epochs": args.warmup_epochs,
         "image_size": args.image_size, "subset": args.subset, "seed": args.seed, "init_from": args.init_from,
         "device": args.device, "quiet": args.quiet, "checkpoint_minutes": args.checkpoint_minutes,
+        "bn_recalibrate": args.bn_recalibrate,
     }
 
 

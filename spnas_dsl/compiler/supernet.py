@@ -118,9 +118,8 @@ class SuperKernel(nn.Conv2d):
         kernel_on = [gate(f"k{k}", torch.linalg.vector_norm(self.weight * shell))
                      for k, shell in zip(self.kernels[1:], self.shells[1:])]
         w_k = self.weight * self._kernel_mask(kernel_on)  # Eq. 1-2
-        starts = (0,) + self.group_ends[:-1]
         expansion_on = [gate(f"e{e}", torch.linalg.vector_norm(w_k[lo:hi]))
-                        for e, lo, hi in zip(self.expansions[1:], starts[1:], self.group_ends[1:])]
+                        for e, lo, hi in zip(self.expansions[1:], self.group_ends[:-1], self.group_ends[1:])]
         active = gate("skip", torch.linalg.vector_norm(w_k[:self.group_ends[0]])) if self.skip else None
         return LayerIndicators(self.kernels, self.expansions, kernel_on, expansion_on, active), norms
 

@@ -8,7 +8,8 @@
 - :mod:`~spnas_dsl.training.distributed`: :func:`setup` (torchrun / ``--nproc`` detection,
   gloo or NCCL), :class:`DistInfo`, :func:`launch_local` (``--nproc N``), small collectives.
 - :mod:`~spnas_dsl.training.progress`: :class:`Progress` (tqdm bar or plain lines).
-- :func:`seed_everything`, :func:`evaluate` (accuracy and mean CE over a split).
+- :func:`seed_everything`, :func:`evaluate` (accuracy and mean CE over a split),
+  :func:`recalibrate_batchnorm` (fresh BN statistics before evaluating a sub-network).
 """
 
 from __future__ import annotations
@@ -58,3 +59,33 @@ def evaluate(model: torch.nn.Module, batches, info: DistInfo | None = None,
     if total == 0:
         return 0.0, float("nan"), 0
     return correct / total, ce_sum / total, int(total)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches, max_batches: int = 20) -> int:
+    """Recompute every BatchNorm's running statistics from ``batches`` (a cumulative average).
+
+    Needed before evaluating a network whose BN statistics were not accumulated for it (a
+    supernet at its current decisions, or a short run where momentum 0.01 has not caught up).
+    Only BN layers run in training mode (dropout stays off, no gradients, the global RNG is not
+    touched). Returns the number of batches used; leaves ``model`` in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+    model.eval()
+    for m in norms:
+        m.train()
+    used = 0
+    with torch.random.fork_rng(devices=[]):
+        for x, _ in batches:
+            if used >= max_batches:
+                break
+            model(x)
+            used += 1
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+    return used

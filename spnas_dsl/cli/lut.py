@@ -1,0 +1,197 @@
+"""spnasc lut build | validate | export: lookup tables of local targets."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _timing_options(p, processes: int, rounds: int) -> None:
+    p.add_argument("--target", required=True, help="host-tflite, host-onnxruntime or android:SERIAL")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime (default: the target's, 1)")
+    p.add_argument("--processes", type=int, default=processes,
+                   help=f"worker processes, each timing every model (default {processes}); android: passes")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes running at the same time (default 1)")
+    p.add_argument("--rounds", type=int, default=rounds,
+                   help=f"round-robin visits per model in each process (default {rounds})")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per visit, at least (default 10)")
+    p.add_argument("--table", metavar="FILE", help="table file (default: the target's table in the user cache)")
+    p.add_argument("--calibrate", type=int, default=None, metavar="K",
+                   help="whole networks to fit the calibration on (default 6; 0: none)")
+    p.add_argument("--fit", choices=["affine", "scale"], default="affine",
+                   help="calibration: scale * sum + offset (affine, default) or scale * sum")
+    p.add_argument("--benchmark-binary", metavar="PATH",
+                   help="android: TFLite's benchmark_model built for the phone (or $SPNAS_BENCHMARK_MODEL)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "lut",
+        help="build, validate and export lookup tables of local targets",
+        description="Lookup tables of the profilable targets (this CPU through LiteRT or onnxruntime, an "
+        "Android phone over adb). Tables live in the user cache ($SPNAS_CACHE_DIR/targets).",
+    )
+    lut = p.add_subparsers(dest="lut_command", metavar="SUBCOMMAND", required=True)
+
+    b = lut.add_parser(
+        "build",
+        help="time every signature of a space and write the target's table",
+        description="Time every signature of SPACE (each candidate of each layer, the stem, the head) as its own "
+        "small model, then fit the calibration (scale * sum + offset) on whole networks timed in the same run. "
+        "Resumable: signatures already in the table are kept.",
+    )
+    b.add_argument("space", metavar="SPACE")
+    _timing_options(b, processes=3, rounds=8)
+    b.add_argument("--fresh", action="store_true", help="start a new table (replaces the existing one)")
+    b.add_argument("--recalibrate", action="store_true", help="fit the calibration again even if nothing is new")
+    b.add_argument("--chunk", type=int, default=16, help="signatures timed (and saved) together (default 16)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random calibration networks")
+    b.set_defaults(run=run_build)
+
+    v = lut.add_parser(
+        "validate",
+        help="compare a table's predictions with whole networks timed end to end",
+        description="Time N random networks of SPACE end to end, interleaved with the calibration networks, and "
+        "report RMSE (ms), mean and max absolute error (%%) of the table's predictions: with the stored "
+        "calibration, with a calibration re-fitted in this run, and of the plain sum.",
+    )
+    v.add_argument("space", metavar="SPACE")
+    _timing_options(v, processes=3, rounds=6)
+    v.add_argument("--samples", type=int, default=100, help="random networks (default 100)")
+    v.add_argument("--seed", type=int, default=1, help="seed of the random networks (default 1)")
+    v.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured scatter plot (PNG)")
+    v.set_defaults(run=run_validate)
+
+    e = lut.add_parser(
+        "export",
+        help="copy a local table into the repository's targets/ folder",
+        description="Copy the target's table from the user cache into targets/<name>.json (checked first), so "
+        "that it can be committed and used by path (--target targets/<name>.json).",
+    )
+    e.add_argument("name", metavar="TARGET")
+    e.add_argument("--table", metavar="FILE", help="the table to export (default: the target's local table)")
+    e.add_argument("--to", metavar="PATH", help="destination file or folder (default: the repository's targets/)")
+    e.add_argument("--force", action="store_true", help="overwrite an existing file")
+    e.set_defaults(run=run_export)
+
+
+def progress_bars():
+    """(description, total) -> tick: a tqdm bar on stderr (silent when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    def make(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
+
+        def tick(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return tick
+
+    return make
+
+
+def _measurer(args, default_config):
+    from dataclasses import replace
+
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.profiling.lut import make_measurer
+
+    if args.processes < 1 or args.rounds < 1 or args.runs < 1 or args.jobs < 1:
+        raise UsageError("--processes, --rounds, --runs and --jobs must be at least 1")
+    config = replace(default_config, processes=args.processes, rounds=args.rounds, runs=args.runs, jobs=args.jobs)
+    return make_measurer(args.target, args.threads, config, args.benchmark_binary)
+
+
+def _log(args):
+    return (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+
+
+def run_build(args) -> int:
+    from spnas_dsl.parser import load
+    from spnas_dsl.profiling.lut import DEFAULT_CALIBRATE, build_lut
+    from spnas_dsl.profiling.timing import TimingConfig
+
+    space = load(args.space)
+    measurer = _measurer(args, TimingConfig())
+    report = build_lut(space, measurer, table=args.table,
+                       calibrate=DEFAULT_CALIBRATE if args.calibrate is None else args.calibrate,
+                       fit_mode=args.fit, fresh=args.fresh, recalibrate=args.recalibrate, chunk=args.chunk,
+                       seed=args.seed, progress=progress_bars(), log=_log(args))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(f"table: {report.path}")
+    print(f"  {len(report.measured)} signature(s) measured, {len(report.kept)} kept, "
+          f"{len(report.measured) + len(report.kept)} for '{space.name}' ({report.seconds:.0f} s)")
+    cal = report.calibration
+    if cal:
+        print(f"  calibration: measured = {cal['scale']:.4f} * sum {cal['offset_ms']:+.4f} ms "
+              f"({len(cal['networks'])} networks, {cal['date']})")
+        for row in report.calibration_rows:
+            print(f"    sum {row['sum_ms']:8.4f} ms  measured {row['measured_ms']:8.4f} ms  fitted "
+                  f"{row['fitted_ms']:8.4f} ms ({row['error_pct']:+.2f} %)")
+    return 0
+
+
+def run_validate(args) -> int:
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.parser import load
+    from spnas_dsl.profiling.lut import DEFAULT_CALIBRATE
+    from spnas_dsl.profiling.timing import TimingConfig
+    from spnas_dsl.profiling.validate import plot, validate_lut
+
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    space = load(args.space)
+    measurer = _measurer(args, TimingConfig())
+    report = validate_lut(space, measurer, table=args.table, samples=args.samples, seed=args.seed,
+                          calibrate=DEFAULT_CALIBRATE if args.calibrate is None else args.calibrate,
+                          fit_mode=args.fit, progress=progress_bars(), log=_log(args))
+    if args.plot:
+        plot(report, args.plot)
+        report["plot"] = args.plot
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    lo, hi = report["measured_ms_range"]
+    print(f"{report['space']} on {report['target']}: {report['samples']} random networks, measured "
+          f"{lo:.4g} .. {hi:.4g} ms ({report['device']}; {report['runtime']}; {report['threads']} thread(s))")
+    for key, label in (("stored_calibration", "stored calibration"), ("in_run_calibration", "in-run calibration"),
+                       ("uncalibrated_sum", "uncalibrated sum")):
+        e = report[key]
+        terms = f"  [scale {e['scale']:.4f}, offset {e['offset_ms']:+.4f} ms]" if "scale" in e else ""
+        print(f"  {label:<20} RMSE {e['rmse_ms']:.4g} ms  MAPE {e['mape_pct']:.2f} %  max {e['max_error_pct']:.2f} %  "
+              f"mean signed {e['mean_error_pct']:+.2f} %{terms}")
+    print(f"  details: {report['report_file']}")
+    if args.plot:
+        print(f"  plot: {args.plot}")
+    return 0
+
+
+def run_export(args) -> int:
+    from pathlib import Path
+
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.profiling.lut import table_path
+    from spnas_dsl.resources import data_path
+    from spnas_dsl.targets import local_table_path
+    from spnas_dsl.targets.table import load_table, write_table
+
+    source = table_path(args.name, args.table)
+    table = load_table(source)  # a missing or corrupt table is a TargetError naming the file
+    if args.to:
+        dest = Path(args.to)
+        if dest.is_dir():
+            dest = dest / local_table_path(args.name).name
+    else:
+        dest = data_path("targets") / local_table_path(args.name).name
+    if dest.exists() and not args.force:
+        raise UsageError(f"{dest} exists; pass --force to overwrite it")
+    write_table(dest, table)
+    print(f"exported {table.name} ({len(table.entries)} entries, calibration "
+          f"{'none' if table.calibration.is_identity else f'scale {table.calibration.scale:g}'}) to {dest}")
+    print(f"use it with --target {dest}")
+    return 0

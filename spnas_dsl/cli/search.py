@@ -1,0 +1,145 @@
+"""spnasc search SPACE --target NAME: Single-Path NAS of a .spnas space (see docs/search.md)."""
+
+from __future__ import annotations
+
+import os
+
+# Options that decide the result: with --resume they must match the saved run (or be left out).
+_RESULT_OPTIONS = {
+    "target": "target", "data": "data", "data_dir": "data_dir", "epochs": "epochs", "warmup_epochs": "warmup_epochs",
+    "lambda_": "lambda_", "latency_budget": "latency_budget", "batch_size": "batch_size", "lr": "lr",
+    "optimizer": "optimizer", "image_size": "image_size", "subset": "subset", "val_subset": "val_subset",
+    "val_fraction": "val_fraction", "seed": "seed", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help="Single-Path NAS: search a space for a target's latency",
+        description="Train the space's single-path supernet (weights and decision thresholds together, one "
+        "optimizer) with loss = CE + lambda * 1000 * ln(latency_ms) on the target's lookup table, then write the found "
+        "network as arch.spnas, with search.json, plots, TensorBoard logs and a checkpoint, in --out. "
+        "See docs/search.md.",
+    )
+    p.add_argument("space", metavar="SPACE", nargs="?", help=".spnas search space (not needed with --resume)")
+    p.add_argument("--target", help="latency target (see 'spnasc targets') or a table .json (default: pixel1)")
+    p.add_argument("--data", metavar="SPEC",
+                   help="fashion-mnist (default), imagefolder:PATH (ImageNet layout), synthetic[:N]")
+    p.add_argument("--data-dir", metavar="DIR", help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--epochs", type=int, help="epochs of the search (default 8, as the official recipe)")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="epochs with lambda 0 and indicator dropout first (default 5/8 of --epochs)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--lambda", dest="lambda_", type=float, metavar="L",
+                   help="latency weight: loss = CE + L * 1000 * ln(latency_ms), the official scaling (default 0.02)")
+    g.add_argument("--latency-budget", type=float, metavar="MS",
+                   help="steer lambda so the found network's predicted latency is at most MS")
+    p.add_argument("--batch-size", type=int, metavar="B", help="global batch size (default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.016 * B / 256 for rmsprop, 0.1 * B / 256 for sgd)")
+    p.add_argument("--optimizer", choices=["rmsprop", "sgd"],
+                   help="rmsprop (official: TF-style, exponential decay) or sgd (Nesterov, cosine)")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="train at SxS (a proxy; latency is still priced at the space's declared input)")
+    p.add_argument("--subset", type=int, metavar="N", help="use N training images (a seeded random choice)")
+    p.add_argument("--val-subset", type=int, metavar="N",
+                   help="held-out images to evaluate (default: all, or max(N/5, 1000) with --subset)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help="hold out this fraction of the training images instead of the data set's own held-out split")
+    p.add_argument("--seed", type=int, help="random seed (default 0): init, data order, indicator dropout")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<space>-<target>-<date>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR (its checkpoint.pt)")
+    p.add_argument("--nproc", type=int, metavar="N", help="run N data-parallel processes on this machine")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    p.add_argument("--workers", type=int, metavar="N", help="data loader processes for image folders (default 4)")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="mid-epoch checkpoint interval (default 100)")
+    p.add_argument("--log-every", type=int, metavar="STEPS", help="history / log interval in steps (default 20)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines")
+    p.set_defaults(run=run)
+
+
+def _config(args):
+    from pathlib import Path
+
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.search import SearchConfig, load_resume
+
+    if args.resume:
+        cfg, state = load_resume(args.resume)
+        if args.space and Path(args.space).resolve() != Path(cfg.space).resolve():
+            raise UsageError(f"--resume {args.resume} continues a search of {cfg.space}, not {args.space}")
+        for opt, name in _RESULT_OPTIONS.items():
+            given = getattr(args, opt, None)
+            if given is not None and given != getattr(cfg, name):
+                flag = "--" + opt.rstrip("_").replace("_", "-")
+                raise UsageError(f"{flag} {given} differs from the resumed run's {getattr(cfg, name)}: "
+                                 f"--resume continues the saved search with its own settings")
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise UsageError("--out and --resume name different folders; --resume writes into its own folder")
+        if args.device:
+            cfg.device = args.device
+        if args.workers is not None:
+            cfg.workers = args.workers
+        return cfg, state, args.resume
+    if not args.space:
+        raise UsageError("give a SPACE to search (or --resume DIR)")
+    try:
+        text = Path(args.space).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        from spnas_dsl.parser import load
+
+        load(args.space)  # raises the parser's located error for a missing / unreadable file
+        raise
+    values = {name: getattr(args, opt) for opt, name in _RESULT_OPTIONS.items() if getattr(args, opt) is not None}
+    for opt in ("device", "workers"):
+        if getattr(args, opt) is not None:
+            values[opt] = getattr(args, opt)
+    return SearchConfig(space=args.space, space_text=text, **values), None, args.out
+
+
+def run(args) -> int:
+    from spnas_dsl.errors import SpnasError
+    from spnas_dsl.training.distributed import QUIET_RANK_ENV, launch_local
+
+    if args.nproc is not None and args.nproc > 1:
+        return launch_local(args.nproc, _child_argv(args))
+    try:
+        return _run(args)
+    except SpnasError:
+        if os.environ.get(QUIET_RANK_ENV) and not args.debug:
+            return 1  # rank 0 of the same --nproc launch reports the error
+        raise
+
+
+def _run(args) -> int:
+    from spnas_dsl.search import run_search
+
+    cfg, state, out = _config(args)
+    result = run_search(cfg, out_dir=out, resume=state, quiet=args.quiet)
+    if result is None:  # ranks other than 0
+        return 0
+    print()
+    print(result.text, end="")
+    print()
+    print(f"predicted latency: {result.latency_ms:.2f} ms on {cfg.target}"
+          + (f" (budget {cfg.latency_budget:g} ms)" if cfg.latency_budget is not None else ""))
+    print(f"held-out accuracy of the supernet: {result.accuracy:.2%}")
+    print(f"output: {result.out_dir}/ (arch.spnas, search.json, *.png, tensorboard/, checkpoint.pt)")
+    return 0
+
+
+def _child_argv(args) -> list[str]:
+    """The command line each of the ``--nproc`` processes runs: this one, without ``--nproc``, with
+    ``--out`` fixed here so that every process agrees on the folder."""
+    from spnas_dsl.search import default_out_dir
+
+    argv = (["--debug"] if args.debug else []) + ["search"] + ([args.space] if args.space else [])
+    out = args.out
+    if out is None and not args.resume and args.space:
+        out = str(default_out_dir(args.space, args.target or "pixel1"))
+    options = {opt: getattr(args, opt) for opt in _RESULT_OPTIONS} | {
+        "out": out, "resume": args.resume, "device": args.device, "workers": args.workers}
+    for opt, value in options.items():
+        if value is not None:
+            argv += ["--" + opt.rstrip("_").replace("_", "-"), str(value)]
+    return argv + (["--quiet"] if args.quiet else [])

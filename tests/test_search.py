@@ -1,0 +1,325 @@
+"""spnasc search: outputs, lambda, the latency budget, resume, DDP, clean errors.
+
+Fast tests search spaces/fashion_mnist.spnas on synthetic data with a small latency table
+(made here from the layers' multiply-adds); the slow ones use the Pixel 1 table and
+spaces/mnasnet.spnas. Test hooks of spnas_dsl.search (environment variables):
+SPNAS_TEST_NAN_AT_STEP=N makes the loss NaN at step N; SPNAS_TEST_EXIT_AFTER_STEP=N ends the
+process abruptly (os._exit, no clean-up) right after step N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spnas_dsl.cli import main
+from spnas_dsl.ir import SKIP, Option
+from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
+from spnas_dsl.parser import load
+from spnas_dsl.shapes import infer_shapes, option_cost
+
+REPO = Path(__file__).resolve().parent.parent
+FM_SPACE = REPO / "spaces" / "fashion_mnist.spnas"
+MNASNET = REPO / "spaces" / "mnasnet.spnas"
+# Small and quick: 96 synthetic images at 16x16, batch 32 -> 3 steps per epoch.
+TINY = ["--data", "synthetic:96", "--image-size", "16", "--batch-size", "32", "--quiet", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Two test workers share two cores: one intra-op thread each (and in child processes)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_table(space: Path, path: Path, name: str = "tiny") -> Path:
+    """A latency table pricing every option of ``space``: 2 ms per million multiply-adds."""
+    net = load(space)
+    shapes = infer_shapes(net)
+    entries = [{"signature": stem_signature(net, shapes), "latency_ms": 1.0},
+               {"signature": head_signature(shapes), "latency_ms": 1.0}]
+    for s in shapes.layers:
+        for o in s.layer.options:
+            sig = layer_signature(s, o)
+            if sig is not None:
+                entries.append({"signature": sig, "latency_ms": round(2e-6 * option_cost(s, o)[1], 5),
+                                "position": s.index})
+    path.write_text(json.dumps({"version": 1, "name": name, "description": "test table", "device": "test",
+                                "runtime": "test", "threads": 1, "source": "multiply-adds", "date": "2025-01-01",
+                                "entries": entries}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    return write_table(FM_SPACE, tmp_path_factory.mktemp("table") / "tiny.json")
+
+
+def search(*args, capsys=None) -> tuple[int, str, str]:
+    code = main(["search", *map(str, args)])
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
+
+
+def subprocess_search(*args, env=None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "spnas_dsl", "search", *map(str, args)], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def header(arch: Path) -> dict[str, str]:
+    lines = [ln[2:] for ln in arch.read_text().splitlines() if ln.startswith("# ") and ": " in ln]
+    return dict(ln.split(": ", 1) for ln in lines)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, table) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    code = main(["search", str(FM_SPACE), "--target", str(table), *TINY, "--epochs", "2", "--lambda", "0.05",
+                 "--out", str(out)])
+    assert code == 0
+    return out
+
+
+# -- a tiny search and its outputs --------------------------------------------------------------
+
+def test_tiny_search_writes_its_outputs(tiny_run):
+    for name in ("arch.spnas", "search.json", "checkpoint.pt", "search_curves.png", "decisions.png",
+                 "norms_thresholds.png", "superkernel.png", "superkernel_groups.png"):
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "tensorboard").glob("events.out.tfevents.*"))
+    arch = load(tiny_run / "arch.spnas")
+    assert arch.is_concrete and arch.name == "fashion_mnist"
+    info = header(tiny_run / "arch.spnas")
+    for key in ("target", "predicted latency", "lambda", "seed", "data", "image size", "epochs",
+                "held-out accuracy of the supernet"):
+        assert key in info, key
+    assert "proxy" in info["image size"] and "28x28x1" in info["image size"]
+    history = json.loads((tiny_run / "search.json").read_text())
+    assert len(history["history"]["epochs"]) == 2 and history["history"]["steps"]
+    step = history["history"]["steps"][-1]
+    assert {"ce", "acc", "latency_relaxed", "latency_ms", "lambda", "lr", "decisions", "norms"} <= set(step)
+    assert history["result"]["latency_ms"] == pytest.approx(float(info["predicted latency"].split()[0]), abs=0.01)
+
+
+def test_arch_is_accepted_by_check_and_latency(tiny_run, table, capsys):
+    assert main(["check", str(tiny_run / "arch.spnas")]) == 0
+    capsys.readouterr()
+    assert main(["latency", str(tiny_run / "arch.spnas"), "--target", str(table), "--json"]) == 0
+    priced = json.loads(capsys.readouterr().out)["latency_ms"]
+    claimed = float(header(tiny_run / "arch.spnas")["predicted latency"].split()[0])
+    assert priced == pytest.approx(claimed, abs=0.01)
+
+
+def test_resume_of_a_finished_run_reproduces_it(tiny_run, capsys):
+    before = (tiny_run / "arch.spnas").read_text()
+    code, out, _ = search("--resume", tiny_run, "--quiet", capsys=capsys)
+    assert code == 0 and (tiny_run / "arch.spnas").read_text() == before
+
+
+# -- lambda and the budget -----------------------------------------------------------------------
+
+def test_lambda_controller():
+    from spnas_dsl.search import LambdaController
+
+    fixed = LambdaController(0.02, None)
+    assert fixed.value(in_warmup=True) == 0.0 and fixed.value(in_warmup=False) == 0.02
+    steer = LambdaController(0.02, budget=50.0, gain=1.0, every=1)
+    steer.update(1, 75.0)  # 50 % over budget: lambda grows by e^0.5
+    assert steer.value(False) == pytest.approx(0.02 * 2.718281828 ** 0.5)
+    for _ in range(5):
+        steer.update(1, 25.0)  # under budget: shrinks
+    assert steer.value(False) < 0.02
+    copy = LambdaController(0.02, budget=50.0)
+    copy.load_state_dict(steer.state_dict())
+    assert copy.value(False) == steer.value(False)
+
+
+def test_repair_lands_under_the_budget_on_pixel1():
+    """The final repair alone: from the largest network to 80 ms with the Pixel 1 table."""
+    from spnas_dsl.latency.graph import LatencyGraph
+    from spnas_dsl.search import network_of, repair_to_budget
+
+    space = load(MNASNET)
+    graph = LatencyGraph.build(space, "pixel1")
+    decisions = {i: Option(kernel=5, expansion=6) for i in graph.searched()}
+    # margins: later layers' decisions held firmly, early ones weakly
+    report = [{"index": i, "decisions": {"k5": {"norm": 1.0 + i, "threshold": 0.0},
+                                         "e6": {"norm": 1.0 + i, "threshold": 0.0},
+                                         "skip": {"norm": 5.0 + i, "threshold": 0.0}}} for i in decisions]
+    assert graph.predict(network_of(space, decisions)) == pytest.approx(131.46, abs=0.01)
+    repaired, moves = repair_to_budget(space, graph, decisions, report, 80.0)
+    assert graph.predict(network_of(space, repaired)) <= 80.0
+    assert moves and all(m.saved_ms > 0 for m in moves)
+    assert moves[0].index == 1  # the weakest margin per ms saved goes first
+    fastest, _ = repair_to_budget(space, graph, decisions, report, graph.min_ms())
+    assert graph.predict(network_of(space, fastest)) == pytest.approx(graph.min_ms())
+
+
+def test_budget_below_the_fastest_network_is_refused(table, tmp_path, capsys):
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--latency-budget", "0.5", "--out", tmp_path / "o",
+                          capsys=capsys)
+    assert code == 2 and "below the fastest network" in err and "Traceback" not in err
+
+
+def test_budget_search_lands_under_the_budget(table, tmp_path, capsys):
+    budget = 7.0  # the space spans 4.57 .. 10.35 ms on the test table
+    code, out, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "2", "--latency-budget", budget,
+                            "--out", tmp_path / "o", capsys=capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "o" / "search.json").read_text())["result"]
+    assert result["latency_ms"] <= budget
+    assert f"latency budget: {budget:g} ms" in (tmp_path / "o" / "arch.spnas").read_text()
+
+
+@pytest.mark.slow
+def test_budget_on_pixel1_mnasnet(tmp_path, capsys):
+    budget = 80.0
+    code, out, err = search(MNASNET, "--target", "pixel1", "--data", "synthetic:64", "--image-size", "8",
+                            "--batch-size", "32", "--epochs", "2", "--warmup-epochs", "1", "--latency-budget", budget,
+                            "--quiet", "--out", tmp_path / "o", capsys=capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "search.json").read_text())["result"]["latency_ms"] <= budget
+    capsys.readouterr()
+    assert main(["latency", str(tmp_path / "o" / "arch.spnas"), "--target", "pixel1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ms"] <= budget
+
+
+@pytest.mark.slow
+def test_large_lambda_finds_a_faster_network(table, tmp_path):
+    latency = {}
+    for lam in (0.0, 0.1):
+        out = tmp_path / f"lam{lam}"
+        assert main(["search", str(FM_SPACE), "--target", str(table), "--data", "synthetic:192", "--image-size", "16",
+                     "--batch-size", "32", "--epochs", "4", "--warmup-epochs", "1", "--lambda", str(lam), "--quiet",
+                     "--out", str(out)]) == 0
+        latency[lam] = json.loads((out / "search.json").read_text())["result"]["latency_ms"]
+    assert latency[0.0] == pytest.approx(10.35, abs=0.01)  # no latency pressure: the largest network stays
+    assert latency[0.1] < latency[0.0] - 1.0
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+RESUME_ARGS = ["--data", "synthetic:160", "--image-size", "16", "--batch-size", "32", "--epochs", "3",
+               "--warmup-epochs", "1", "--lambda", "0.1", "--checkpoint-every", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, table) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    proc = subprocess_search(FM_SPACE, "--target", table, *RESUME_ARGS, "--out", out)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_resume_after_an_abrupt_exit_gives_the_same_network(reference_run, table, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess_search(FM_SPACE, "--target", table, *RESUME_ARGS, "--out", out,
+                             env={"SPNAS_TEST_EXIT_AFTER_STEP": "9"})  # mid-epoch 2, after the checkpoint at 8
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 99, err
+    assert not (out / "arch.spnas").exists()
+    proc = subprocess_search("--resume", out)
+    stdout, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert "resuming at step 8" in stdout
+    assert (out / "arch.spnas").read_text() == (reference_run / "arch.spnas").read_text()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_network(reference_run, table, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess_search(FM_SPACE, "--target", table, *RESUME_ARGS, "--out", out)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:  # kill once a mid-run checkpoint exists
+        if (out / "checkpoint.pt").exists() and (out / "search.json").exists():
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the search finished before it could be killed")
+    assert not (out / "arch.spnas").exists()
+    proc = subprocess_search("--resume", out)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert (out / "arch.spnas").read_text() == (reference_run / "arch.spnas").read_text()
+
+
+def test_resume_refuses_changed_settings(tiny_run, capsys):
+    code, _, err = search("--resume", tiny_run, "--epochs", "5", capsys=capsys)
+    assert code == 2 and "--epochs 5 differs" in err
+    code, _, err = search("--resume", tiny_run.parent / "nothing-here", capsys=capsys)
+    assert code == 1 and "not a folder" in err
+
+
+# -- data parallel ----------------------------------------------------------------------------------
+
+def test_two_process_gloo_search(table, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess_search(FM_SPACE, "--target", table, *TINY, "--epochs", "1", "--lambda", "0.05", "--nproc", "2",
+                             "--out", out)
+    stdout, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert result["world_size"] == 2 and result["result"]["latency_ms"] > 0
+    assert "16 per process x 2" in stdout
+    assert load(out / "arch.spnas").is_concrete
+    assert stdout.count("predicted latency:") == 1  # only rank 0 prints
+
+
+# -- clean errors --------------------------------------------------------------------------------
+
+def assert_clean(code: int, err: str, *fragments: str) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_missing_data_dir(table, tmp_path, capsys):
+    code, _, err = search(FM_SPACE, "--target", table, "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "o",
+                          capsys=capsys)
+    assert_clean(code, err, "Fashion-MNIST not found in", "apt-get install -y dataset-fashion-mnist", "--data-dir")
+    assert not (tmp_path / "o" / "arch.spnas").exists()
+
+
+def test_unknown_target(tmp_path, capsys):
+    code, _, err = search(FM_SPACE, "--target", "pixel9", *TINY, "--out", tmp_path / "o", capsys=capsys)
+    assert_clean(code, err, "unknown target 'pixel9'", "pixel1")
+
+
+def test_unpriceable_space(tmp_path, capsys):
+    code, _, err = search(FM_SPACE, "--target", "pixel1", *TINY, "--out", tmp_path / "o", capsys=capsys)
+    assert_clean(code, err, "target 'pixel1'", "has no latency for")
+
+
+def test_concrete_network_is_refused(tmp_path, tiny_run, table, capsys):
+    code, _, err = search(tiny_run / "arch.spnas", "--target", table, *TINY, "--out", tmp_path / "o", capsys=capsys)
+    assert_clean(code, err, "not a search space")
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(table, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPNAS_TEST_NAN_AT_STEP", "4")
+    out = tmp_path / "o"
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "2", "--checkpoint-every", "2",
+                          "--out", out, capsys=capsys)
+    assert_clean(code, err, "the loss became nan at step 4", "last good checkpoint (step 3)")
+    assert (out / "checkpoint.pt").exists() and not (out / "arch.spnas").exists()
+    from spnas_dsl.training import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
