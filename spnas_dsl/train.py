@@ -81,19 +81,20 @@ class TrainSettings:
     quiet: bool = False
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: epoch ends only)
     bn_recalibrate: int = 1024       # re-estimate BN statistics on this many training images per epoch
+    workers: int = 4                 # DataLoader processes for image folders (in-memory sets ignore it)
 
     def recipe(self) -> training.Recipe:
         return training.Recipe(optimizer=self.optimizer, batch_size=self.batch_size, lr=self.lr,
                                warmup_epochs=self.warmup_epochs)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainSettings":
+    def from_dict(cls, values: dict) -> TrainSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # Settings a resumed run may change (the rest must be what the checkpoint says).
-RESUMABLE_CHANGES = ("epochs", "data_dir", "device", "quiet", "checkpoint_minutes")
+RESUMABLE_CHANGES = ("epochs", "data_dir", "device", "quiet", "checkpoint_minutes", "workers")
 
 
 @dataclass
@@ -181,7 +182,7 @@ def merge_resume_settings(saved: TrainSettings, given: dict[str, Any], run_dir: 
         elif value != merged[key]:
             option = "--" + key.replace("_", "-")
             raise UsageError(f"cannot resume {run_dir} with {option} {value}: the run was started with "
-                             f"{option} {merged[key]} (only --epochs, --data-dir, --device, --quiet may change)")
+                             f"{option} {merged[key]} (only --epochs, --data-dir, --device, --workers, --quiet may change)")
     return TrainSettings(**merged)
 
 
@@ -419,12 +420,12 @@ class Run:
     def train_batches(self, epoch: int, start_batch: int = 0) -> Batches:
         return Batches(self.p.data.train, self.local_batch, shuffle=True, seed=self.s.seed, epoch=epoch,
                        rank=self.info.rank, world=self.info.world_size, drop_last=True, start_batch=start_batch,
-                       device=self.info.device)
+                       num_workers=self.s.workers, device=self.info.device)
 
     def recalibration_batches(self, epoch: int) -> Batches:
         """The same training images on every rank (so the statistics agree without communication)."""
         return Batches(self.p.data.train, self.local_batch, shuffle=True, seed=self.s.seed + 7717, epoch=epoch,
-                       device=self.info.device)
+                       num_workers=self.s.workers, device=self.info.device)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Held-out top-1/top-5 and loss, after re-estimating the BN statistics (``bn_recalibrate``)."""
@@ -436,7 +437,7 @@ class Run:
 
     def val_batches(self) -> Batches:
         return Batches(self.p.data.val, self.local_batch, rank=self.info.rank, world=self.info.world_size,
-                       device=self.info.device)
+                       num_workers=self.s.workers, device=self.info.device)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self, wall_s: float) -> dict:

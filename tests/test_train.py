@@ -172,6 +172,34 @@ def test_resume_continues_exactly(tmp_path, tiny, tiny_run):
         assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_resume_mid_epoch_after_an_interrupt(tmp_path, tiny, tiny_run, monkeypatch, capsys):
+    """Killed (Ctrl-C) in the middle of epoch 1 with a checkpoint every step: resuming from
+    step 5 of 8 ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from spnas_dsl.training.progress import Progress
+
+    update = Progress.update
+
+    def interrupt_at_step_6(self, n=1, **metrics):
+        update(self, n, **metrics)
+        if self.step == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "update", interrupt_at_step_6)
+    out = tmp_path / "o"
+    assert main(["train", str(tiny), *DATA, "--epochs", "2", "--checkpoint-minutes", "1e-9", "--out", str(out)]) == 130
+    assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
+    monkeypatch.setattr(Progress, "update", update)
+    train_cli("--resume", out, "--checkpoint-minutes", "0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_at_steps"] == [5] and metrics["history"][0]["resumed_at_batch"] == 5
+    resumed, straight = load_file(out / "model.safetensors"), load_file(tiny_run / "model.safetensors")
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+
+
 def test_resume_with_the_arch_given_again(tmp_path, tiny, capsys):
     out = tmp_path / "o"
     train_cli(tiny, *DATA, "--epochs", "1", "--out", out)
@@ -478,7 +506,7 @@ def _env() -> dict:
 def test_console_script_space_refused_without_traceback(tmp_path):
     out = tmp_path / "o"
     proc = subprocess.run([sys.executable, "-m", "spnas_dsl", "train", str(REPO / "spaces" / "fashion_mnist.spnas"),
-                           "--data", "synthetic", "--out", str(out)], capture_output=True, text=True, env=_env())
+                           "--data", "synthetic", "--out", str(out)], check=False, capture_output=True, text=True, env=_env())
     assert proc.returncode == 2
     assert "search space, not a concrete network" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
@@ -488,7 +516,7 @@ def test_console_script_space_refused_without_traceback(tmp_path):
 def test_two_process_gloo_run(tmp_path, tiny):
     out = tmp_path / "o"
     proc = subprocess.run([sys.executable, "-m", "spnas_dsl", "train", str(tiny), *DATA, "--epochs", "1",
-                           "--out", str(out), "--nproc", "2"], capture_output=True, text=True, env=_env(),
+                           "--out", str(out), "--nproc", "2"], check=False, capture_output=True, text=True, env=_env(),
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -514,4 +542,4 @@ def test_fashion_mnist_short_run(tmp_path):
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["held_out_images"] == 2000
-    assert metrics["top1"] > 0.75, metrics["history"]
+    assert metrics["top1"] > 0.80, metrics["history"]

@@ -13,7 +13,7 @@ _VALUE_OPTIONS = [
     ("--lr", "lr"), ("--optimizer", "optimizer"), ("--warmup-epochs", "warmup_epochs"),
     ("--image-size", "image_size"), ("--subset", "subset"), ("--seed", "seed"), ("--init-from", "init_from"),
     ("--out", "out"), ("--resume", "resume"), ("--device", "device"), ("--checkpoint-minutes", "checkpoint_minutes"),
-    ("--bn-recalibrate", "bn_recalibrate"),
+    ("--bn-recalibrate", "bn_recalibrate"), ("--workers", "workers"),
 ]
 
 
@@ -21,12 +21,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a concrete network (from scratch, or fine-tune from a search's supernet)",
-        description="Train a concrete network (a .spnas file with one candidate per layer) on a data set and "
-        "write OUT/model.safetensors (weights, BN statistics included), OUT/arch.spnas (the arch, canonical) and "
-        "OUT/metrics.json (held-out top-1/top-5, per-epoch history, settings, wall time). Default recipe: "
-        "MnasNet's (RMSProp decay 0.9 momentum 0.9 eps 1e-3, lr 0.016*batch/256 decayed x0.97 every 2.4 epochs, "
-        "label smoothing 0.1, weight decay 1e-5 except BN/biases); --optimizer sgd: SGD + cosine. A checkpoint "
-        "is saved every epoch (continue with --resume OUT); TensorBoard logs go to OUT/tensorboard.",
+        description="Train a concrete network (a .spnas file with one candidate per layer) and write, in --out:\n"
+        "  model.safetensors  the weights (state dict, BN statistics included)\n"
+        "  arch.spnas         the network trained, canonical\n"
+        "  metrics.json       held-out top-1/top-5, per-epoch history, settings, wall time\n"
+        "  checkpoint.pt      for --resume;  tensorboard/  TensorBoard logs\n"
+        "Default recipe (MnasNet's): RMSProp decay 0.9 momentum 0.9 eps 1e-3, lr 0.016*B/256 decayed x0.97\n"
+        "every 2.4 epochs, label smoothing 0.1, weight decay 1e-5 except BN/biases; --optimizer sgd: SGD +\n"
+        "cosine. See docs/train.md.",
         epilog="examples:\n"
         "  spnasc train net.spnas --data fashion-mnist --epochs 3\n"
         "  spnasc train net.spnas --data fashion-mnist --init-from runs/search-x --epochs 2\n"
@@ -64,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--bn-recalibrate", type=int, metavar="N",
                    help="before each held-out evaluation, re-estimate the BN statistics on N training images "
                    "(precise BN; default 1024; 0: keep the running averages)")
+    p.add_argument("--workers", type=int, metavar="N", help="data loader processes for image folders (default 4)")
     p.add_argument("--quiet", "-q", action="store_true", default=None,
                    help="no progress bar: a summary line every 50 steps and per epoch")
     p.set_defaults(run=run)
@@ -91,14 +94,11 @@ def _given(args) -> dict:
         "lr": args.lr, "optimizer": args.optimizer, "warmup_epochs": args.warmup_epochs,
         "image_size": args.image_size, "subset": args.subset, "seed": args.seed, "init_from": args.init_from,
         "device": args.device, "quiet": args.quiet, "checkpoint_minutes": args.checkpoint_minutes,
-        "bn_recalibrate": args.bn_recalibrate,
+        "bn_recalibrate": args.bn_recalibrate, "workers": args.workers,
     }
 
 
 def run(args) -> int:
-    import time
-    from pathlib import Path
-
     from spnas_dsl.errors import UsageError
 
     if args.nproc is not None and args.nproc != 1:
@@ -135,7 +135,6 @@ def _train(args) -> int:
     from pathlib import Path
 
     from spnas_dsl.errors import UsageError
-
     from spnas_dsl.train import TrainSettings, train
 
     given = _given(args)

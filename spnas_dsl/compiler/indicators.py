@@ -55,4 +55,4 @@ class LayerIndicators:
 
     def chosen(self) -> Option:
         """The option the (hard) indicators select."""
-        return max(self.option_weights().items(), key=lambda kv: float(kv[1]))[0]
+        return max(self.option_weights().items(), key=lambda kv: float(torch.as_tensor(kv[1]).detach()))[0]

@@ -21,9 +21,9 @@ import shlex
 import shutil
 import statistics
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from spnas_dsl.errors import TargetError, UsageError
 from spnas_dsl.profiling.timing import ModelSpec, Timing
@@ -189,7 +189,7 @@ class AndroidDevice:
     def _run(self, *args: str, check: bool = True) -> str:
         cmd = [self.adb, "-s", self.serial, *args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_ADB_TIMEOUT_S)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_ADB_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             raise TargetError(f"adb timed out after {_ADB_TIMEOUT_S} s: {shlex.join(cmd)}") from None
         if check and proc.returncode != 0:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from spnas_dsl.errors import TargetError, UsageError
 from spnas_dsl.ir import Network
@@ -35,7 +35,7 @@ DEFAULT_CALIBRATE = 6
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 # ---------------------------------------------------------------------------- measurers
@@ -93,9 +93,10 @@ class Measurer:
         return measure(specs, self.config, progress)
 
 
-def make_measurer(target: str, threads: int | None = None, config: TimingConfig = TimingConfig(),
+def make_measurer(target: str, threads: int | None = None, config: TimingConfig | None = None,
                   benchmark_binary: str | None = None) -> Measurer:
     """The measurer of a profilable target; a read-only or unknown one is a TargetError."""
+    config = config or TimingConfig()
     from spnas_dsl.targets import ANDROID_RE, KNOWN_TARGETS
 
     if target in HOST_RUNTIMES:
@@ -254,9 +255,17 @@ class BuildReport:
 
 
 def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = None, calibrate: int = DEFAULT_CALIBRATE,
-              fit_mode: str = "affine", fresh: bool = False, recalibrate: bool = False, chunk: int = 16,
+              fit_mode: str = "affine", fresh: bool = False, recalibrate: bool = False, chunk: int = 24,
               seed: int = 0, progress: Progress | None = None, log: Callable[[str], None] = print) -> BuildReport:
-    """Measure every missing signature of ``space`` and (re)fit the calibration; see the module doc."""
+    """Measure every missing signature of ``space`` and (re)fit the calibration; see the module doc.
+
+    Signatures are timed in chunks of ``chunk``; every chunk is timed round-robin together with
+    the calibration networks (the *anchors*) in the same worker processes. A chunk's figures
+    are scaled by the median ratio of the reference anchor times (the first chunk ever timed
+    for this table, kept in ``<table>.anchors``) to this chunk's, so that chunks timed while
+    the machine was faster or slower (or in a resumed run) add up consistently; the
+    calibration is fitted on the reference anchor times.
+    """
     import time
 
     started = time.perf_counter()
@@ -268,43 +277,100 @@ def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = 
     kept = [p.signature for p in parts if p.signature in have]
     entries = _entries_of(old)
     calibration = old.calibration.model_dump() if old is not None and not old.calibration.is_identity else None
-    source = (f"spnasc lut build on {measurer.device}: every signature timed as its own single-part model "
-              f"({measurer.config.describe() if measurer.kind == 'host' else 'benchmark_model'}); "
-              f"figures are medians. Calibration: measured = scale * sum + offset_ms, fitted on whole networks "
-              f"of the space timed in the same run.")
+    timing = measurer.config.describe(measurer.threads) if measurer.kind == "host" else "benchmark_model"
+    source = (f"spnasc lut build: every signature timed as its own single-part model ({timing}); figures are "
+              f"medians, timed round-robin with the calibration networks and scaled to a common reference by "
+              f"their times. Calibration: measured = scale * sum + offset_ms, least squares on whole networks of "
+              f"the space timed in the same run.")
     if kept:
         log(f"{len(kept)} of {len(parts)} signatures already in {path}: kept")
+    cal_nets = calibration_networks(space, calibrate, seed) if calibrate > 0 else []
+    cal_ids = [M.network_id(n) for n in cal_nets]
+    stale = calibrate > 0 and (calibration is None or recalibrate or not _calibrated_on(calibration, space)
+                               or calibration.get("networks") != cal_ids)
+    anchors = _load_anchors(path, cal_ids) if old is not None else None
+    rows: list[dict] = []
+    if not missing and not stale:
+        if calibrate > 0:
+            log(f"calibration kept (fitted {calibration.get('date')} on {len(calibration['networks'])} networks of "
+                f"'{space.name}'); pass --recalibrate to fit it again")
+        return BuildReport(path, [], kept, calibration, rows, time.perf_counter() - started, old)
     if missing:
         log(f"measuring {len(missing)} signature(s) of '{space.name}' on {measurer.target} "
-            f"({measurer.device}, {measurer.runtime_text}, {measurer.threads} thread(s))")
-        jobs = [M.part_job(measurer.runtime, space, p) for p in missing]
-        tick = progress("building models", len(jobs)) if progress else None
-        paths = M.ensure_models(jobs, tick)
-        tick = progress("timing signatures", measurer.visits(len(missing))) if progress else None
-        for start in range(0, len(missing), max(chunk, 1)):
-            group = missing[start:start + max(chunk, 1)]
-            timings = measurer.measure({p.signature: paths[p.signature] for p in group}, tick)
-            date = now()
-            _record("part", timings, measurer, date)
-            for p in group:
-                entries.append({"signature": p.signature, "latency_ms": round(timings[p.signature].median_ms, 6)})
-            # Entries changed: the old calibration no longer describes this table's sums.
-            _write(path, make_table(measurer, entries, None if calibrate > 0 else calibration, source, date))
-        if calibrate > 0:
-            calibration = None
-    rows: list[dict] = []
-    stale = calibration is None or recalibrate or not _calibrated_on(calibration, space)
-    if calibrate > 0 and stale:
-        calibration, rows = _calibrate(space, measurer, path, entries, calibrate, fit_mode, seed, progress, log)
+            f"({measurer.device}, {measurer.runtime_text}, {measurer.threads} thread(s))"
+            + (f", round-robin with {len(cal_nets)} calibration networks" if cal_nets else ""))
+    jobs = [M.part_job(measurer.runtime, space, p) for p in missing]
+    jobs += [M.network_job(measurer.runtime, n, i) for n, i in zip(cal_nets, cal_ids)]
+    tick = progress("building models", len(jobs)) if progress else None
+    paths = M.ensure_models(jobs, tick)
+    step = max(chunk, 1)
+    chunks = [missing[i:i + step] for i in range(0, len(missing), step)] or [[]]
+    total = sum(measurer.visits(len(c) + len(cal_ids)) for c in chunks)
+    tick = progress("timing", total) if progress else None
+    latest: dict[str, float] = {}
+    for group in chunks:
+        timings = measurer.measure({k: paths[k] for k in [p.signature for p in group] + cal_ids}, tick)
+        date = now()
+        _record("part", {p.signature: timings[p.signature] for p in group}, measurer, date)
+        if cal_ids:
+            _record("anchor", {i: timings[i] for i in cal_ids}, measurer, date, {"space": space.name})
+            latest = {i: timings[i].median_ms for i in cal_ids}
+            if anchors is None:
+                anchors = {"space": space.name, "date": date, "networks": dict(latest)}
+                _save_anchors(path, anchors)
+            factor = statistics.median(anchors["networks"][i] / latest[i] for i in cal_ids)
+        else:
+            factor = 1.0
+        for p in group:
+            entries.append({"signature": p.signature, "latency_ms": round(timings[p.signature].median_ms * factor, 6)})
+        if group:
+            note = f" (scaled by {factor:.4f} to the reference anchors)" if cal_ids else ""
+            log(f"  {len(group)} signature(s) timed{note}")
+            # entries changed: a calibration fitted on the old sums no longer applies
+            _write(path, make_table(measurer, entries, None if cal_ids else calibration, source, date))
+    if cal_ids:
+        reference = anchors["networks"] if not recalibrate or missing else latest
+        calibration, rows = _fit_calibration(space, cal_nets, cal_ids, reference, entries, fit_mode,
+                                             anchors["date"] if reference is anchors["networks"] else now())
         _write(path, make_table(measurer, entries, calibration, source, now()))
-    elif calibrate > 0:
-        log(f"calibration kept (fitted {calibration.get('date')} on {len(calibration['networks'])} networks of "
-            f"'{space.name}'); pass --recalibrate to fit it again")
     from spnas_dsl.targets.table import load_table
 
-    final = load_table(path) if path.exists() else None
     return BuildReport(path, [p.signature for p in missing], kept, calibration, rows,
-                       time.perf_counter() - started, final)
+                       time.perf_counter() - started, load_table(path))
+
+
+def _anchors_path(path: Path) -> Path:
+    return path.parent / (path.name + ".anchors")
+
+
+def _load_anchors(path: Path, cal_ids: list[str]) -> dict | None:
+    """The reference anchor times of a table, if they are for these calibration networks."""
+    try:
+        data = json.loads(_anchors_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or sorted(data.get("networks", {})) != sorted(cal_ids):
+        return None
+    return data
+
+
+def _save_anchors(path: Path, anchors: dict) -> None:
+    from spnas_dsl.io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(_anchors_path(path), json.dumps(anchors, indent=1) + "\n")
+
+
+def _fit_calibration(space, nets, ids, measured_by_id, entries, fit_mode, date):
+    figures = {e["signature"]: e["latency_ms"] for e in entries}
+    raws = [raw_sum(space, n, figures) for n in nets]
+    measured = [measured_by_id[i] for i in ids]
+    scale, offset = fit(raws, measured, fit_mode)
+    rows = [{"network": i, "sum_ms": round(r, 4), "measured_ms": round(m, 4),
+             "fitted_ms": round(scale * r + offset, 4), "error_pct": round(100 * (scale * r + offset - m) / m, 3)}
+            for i, r, m in zip(ids, raws, measured)]
+    calibration = {"scale": round(scale, 6), "offset_ms": round(offset, 6), "networks": ids, "date": date}
+    return calibration, rows
 
 
 def _calibrated_on(calibration: dict, space: Network) -> bool:
@@ -320,25 +386,3 @@ def _write(path: Path, table) -> None:
 def raw_sum(space: Network, network: Network, entries: dict[str, float]) -> float:
     """Sum of the table figures of a concrete network's parts."""
     return sum(entries[s] for s in M.network_parts(network))
-
-
-def _calibrate(space, measurer, path, entries, count, fit_mode, seed, progress, log):
-    nets = calibration_networks(space, count, seed)
-    ids = [M.network_id(n) for n in nets]
-    log(f"calibrating on {len(nets)} whole network(s) of '{space.name}' timed in this run")
-    jobs = [M.network_job(measurer.runtime, n, i) for n, i in zip(nets, ids)]
-    tick = progress("building networks", len(jobs)) if progress else None
-    paths = M.ensure_models(jobs, tick)
-    tick = progress("timing networks", measurer.visits(len(jobs))) if progress else None
-    timings = measurer.measure(paths, tick)
-    date = now()
-    _record("calibration", timings, measurer, date, {"space": space.name})
-    figures = {e["signature"]: e["latency_ms"] for e in entries}
-    raws = [raw_sum(space, n, figures) for n in nets]
-    measured = [timings[i].median_ms for i in ids]
-    scale, offset = fit(raws, measured, fit_mode)
-    rows = [{"network": i, "sum_ms": round(r, 4), "measured_ms": round(m, 4),
-             "fitted_ms": round(scale * r + offset, 4), "error_pct": round(100 * (scale * r + offset - m) / m, 3)}
-            for i, r, m in zip(ids, raws, measured)]
-    calibration = {"scale": round(scale, 6), "offset_ms": round(offset, 6), "networks": ids, "date": date}
-    return calibration, rows

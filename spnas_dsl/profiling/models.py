@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from spnas_dsl.errors import TargetError, UsageError
 from spnas_dsl.io import atomic_write_bytes
@@ -275,5 +275,5 @@ def _clear_keras() -> None:
     if "keras" in sys.modules:
         try:
             sys.modules["keras"].backend.clear_session()
-        except Exception:  # pragma: no cover - best effort only
+        except Exception:  # noqa: BLE001, S110 - best effort only
             pass

@@ -8,9 +8,12 @@ import only the runtime they use (never TensorFlow).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,12 +30,27 @@ class Session:
     threads: int
 
 
+@contextlib.contextmanager
+def _silenced_stderr():
+    """Send file descriptor 2 to /dev/null (LiteRT prints 'INFO: Created ... XNNPACK delegate')."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _tflite_session(path: str, threads: int, seed: int = 0) -> Session:
     from ai_edge_litert.interpreter import Interpreter
 
     # XNNPACK is on by default in ai_edge_litert (about 3x faster than the reference kernels).
-    interpreter = Interpreter(model_path=path, num_threads=threads)
-    interpreter.allocate_tensors()
+    with _silenced_stderr():
+        interpreter = Interpreter(model_path=path, num_threads=threads)
+        interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     shape = tuple(int(v) for v in detail["shape"])
     data = np.random.default_rng(seed).standard_normal(shape).astype(detail["dtype"])
@@ -95,7 +113,6 @@ def runtime_version(runtime: str) -> str:
 
 def cpu_model() -> str:
     """This machine's CPU model name and logical core count, e.g. ``Intel(R) Xeon(R) ... (2 cores)``."""
-    import os
     import platform
 
     name = ""

@@ -23,8 +23,8 @@ import random
 import statistics
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 from spnas_dsl.errors import TargetError
 
@@ -57,7 +57,7 @@ class TimingConfig:
         return "thread" if threads == 1 else "wall"
 
     def describe(self, threads: int = 1) -> str:
-        where = f"{self.processes} processes" if self.processes else "in-process"
+        where = (f"{self.processes} process" + ("es" if self.processes > 1 else "")) if self.processes else "in-process"
         clock = {"thread": "CPU time of the invoking thread", "wall": "wall-clock time"}[self.clock_for(threads)]
         return (f"{clock}; {where} x {self.rounds} round-robin visits x >= {self.runs} runs (>= {self.visit_ms:g} ms), "
                 f"{self.warmup} warm-up runs per visit")
@@ -165,7 +165,7 @@ def _worker(specs, config, index, results) -> None:
     try:
         out = measure_here(specs, config, index, tick=lambda n: results.put(("tick", index, n)))
         results.put(("done", index, out))
-    except BaseException as exc:  # report, never hang the parent
+    except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
         message = str(exc) if hasattr(exc, "message") else "".join(traceback.format_exception(exc))
         results.put(("error", index, message))
 

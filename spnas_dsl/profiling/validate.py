@@ -17,8 +17,8 @@ Each reports RMSE (ms), MAPE (%), the largest error (%) and the mean signed erro
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from spnas_dsl.errors import TargetError
 from spnas_dsl.ir import Network
