@@ -43,7 +43,12 @@ def run(args) -> int:
                 status = max(status, 1)
         elif args.write:
             if text != original:
-                atomic_write_text(path, text)
+                try:
+                    atomic_write_text(path, text)
+                except OSError as exc:
+                    print(f"{path}: error: cannot rewrite file: {exc.strerror or exc}", file=sys.stderr)
+                    status = max(status, 1)
+                    continue
                 print(f"{path}: reformatted", file=sys.stderr)
         else:
             sys.stdout.write(text)
