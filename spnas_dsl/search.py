@@ -345,10 +345,13 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                             val_subset=cfg.val_subset, val_fraction=cfg.val_fraction, num_classes=space.classes,
                             seed=cfg.seed)
 
+        # channels-last: depthwise convolutions are ~3x faster on CPU (oneDNN) in this layout
+        memory_format = torch.channels_last if info.device.type == "cpu" else None
+
         def train_batches(epoch: int, start: int = 0) -> Batches:
             return Batches(data.train, per_rank_batch, shuffle=True, seed=cfg.seed, epoch=epoch, rank=info.rank,
                            world=info.world_size, drop_last=True, start_batch=start, num_workers=cfg.workers,
-                           device=info.device)
+                           device=info.device, memory_format=memory_format)
 
         steps_per_epoch = len(train_batches(0))
         if steps_per_epoch == 0:
@@ -359,6 +362,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         # -- the supernet, one optimizer over weights and thresholds ---------------------------
         training.seed_everything(cfg.seed)  # same on every rank: same init, same indicator dropout
         supernet = lower_to_supernet(space, latency_graph=graph).to(info.device)
+        if memory_format is not None:
+            supernet = supernet.to(memory_format=memory_format)
         model: torch.nn.Module = supernet
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -433,7 +438,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         # -- the loop -----------------------------------------------------------------------------
         progress = training.Progress(total_steps, initial=step, quiet=quiet, enabled=info.is_main,
                                      log_every=cfg.log_every)
-        nan_step = int(os.environ.get("SPNAS_TEST_NAN_AT_STEP", "-1"))  # test hooks
+        nan_step = int(os.environ.get("SPNAS_TEST_NAN_AT_STEP", "-1"))  # test hooks (steps count from 1)
         exit_step = int(os.environ.get("SPNAS_TEST_EXIT_AFTER_STEP", "-1"))
         last_good = step
         model.train()
@@ -448,11 +453,11 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                 out_ = model(x)
                 ce = criterion(out_.logits, y)
                 loss = ce + lam * LATENCY_LOSS_SCALE * torch.log(out_.latency_ms) if lam > 0 else ce
-                if step == nan_step:
+                if step + 1 == nan_step:
                     loss = loss * float("nan")
                 if any_rank(not bool(torch.isfinite(loss)), info):
                     raise SearchDiverged(
-                        f"the loss became {float(loss.detach())} at step {step} (epoch {epoch + 1}); stopped. The last good "
+                        f"the loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); stopped. The last good "
                         f"checkpoint (step {last_good}) is kept in {out}; try a lower --lr (now {recipe.base_lr:g})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -559,10 +564,13 @@ def evaluate_supernet(supernet, data, cfg: SearchConfig, info, batch: int, epoch
 
     probe = copy.deepcopy(supernet)
     probe.set_indicator_dropout(0.0)
+    fmt = torch.channels_last if info.device.type == "cpu" else None
     calib = Batches(data.train, batch, shuffle=True, seed=cfg.seed + 1, epoch=epoch, rank=info.rank,
-                    world=info.world_size, drop_last=True, num_workers=cfg.workers, device=info.device)
+                    world=info.world_size, drop_last=True, num_workers=cfg.workers, device=info.device,
+                    memory_format=fmt)
     training.recalibrate_batchnorm(probe, calib, BN_RECALIBRATION_BATCHES)
-    val = Batches(data.val, batch, rank=info.rank, world=info.world_size, num_workers=cfg.workers, device=info.device)
+    val = Batches(data.val, batch, rank=info.rank, world=info.world_size, num_workers=cfg.workers, device=info.device,
+                  memory_format=fmt)
     acc, ce, _ = training.evaluate(probe, val, info, logits_of=lambda o: o.logits)
     return acc, ce
 

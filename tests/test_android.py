@@ -1,6 +1,6 @@
 """android:SERIAL targets: the benchmark_model output parser and the adb flow (with a fake adb).
 
-The fake adb (tests/data/fake_adb.py) records its calls and prints a captured-format
+The fake adb (tests/data/fake_adb.sh) records its calls and prints a captured-format
 benchmark_model output; model files are put in the model cache beforehand, so these tests
 need neither a phone nor TensorFlow.
 """
@@ -95,7 +95,7 @@ def fake_phone(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     adb = bin_dir / "adb"
-    shutil.copy(DATA / "fake_adb.py", adb)
+    shutil.copy(DATA / "fake_adb.sh", adb)
     adb.chmod(0o755)
     log = tmp_path / "adb_calls.jsonl"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -117,7 +117,7 @@ def fake_phone(tmp_path, monkeypatch):
 
 
 def _calls(log: Path) -> list[list[str]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [line.split("\t")[:-1] for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def test_android_lut_build_pushes_runs_and_parses(fake_phone, capsys):
@@ -146,6 +146,7 @@ def test_android_lut_build_pushes_runs_and_parses(fake_phone, capsys):
     for run in runs:
         assert run.startswith("/data/local/tmp/spnas/benchmark_model --graph=/data/local/tmp/spnas/")
         assert "--num_threads=1" in run and "--enable_op_profiling=true" in run
+        assert "; rm -f /data/local/tmp/spnas/" in run  # the model is removed from the phone after its run
     pushed = {Path(c[3]).name for c in pushes}
     assert pushed == {M.part_job("tflite", space, p).path.name for p in M.space_parts(space)}
 

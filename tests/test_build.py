@@ -27,7 +27,7 @@ from spnas_dsl.ir import Layer, Option
 from spnas_dsl.parser import load
 from spnas_dsl.printer import format_network
 
-from test_backends import TIMM_SPNASNET_100
+from test_backends import TIMM_SPNASNET_100, one_torch_thread  # noqa: F401 (autouse fixture)
 
 # One option per layer of spaces/fashion_mnist.spnas (with two skips): stride-2 k5 and k3 layers.
 SMALL_CHOICES = [None, (5, 6), None, (3, 3), (5, 3), (3, 6), None, None]

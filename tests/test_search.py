@@ -3,7 +3,7 @@
 Fast tests search spaces/fashion_mnist.spnas on synthetic data with a small latency table
 (made here from the layers' multiply-adds); the slow ones use the Pixel 1 table and
 spaces/mnasnet.spnas. Test hooks of spnas_dsl.search (environment variables):
-SPNAS_TEST_NAN_AT_STEP=N makes the loss NaN at step N; SPNAS_TEST_EXIT_AFTER_STEP=N ends the
+SPNAS_TEST_NAN_AT_STEP=N makes the loss NaN at step N (counting from 1); SPNAS_TEST_EXIT_AFTER_STEP=N ends the
 process abruptly (os._exit, no clean-up) right after step N.
 """
 
@@ -314,12 +314,12 @@ def test_concrete_network_is_refused(tmp_path, tiny_run, table, capsys):
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(table, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SPNAS_TEST_NAN_AT_STEP", "4")
+    monkeypatch.setenv("SPNAS_TEST_NAN_AT_STEP", "5")
     out = tmp_path / "o"
     code, _, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "2", "--checkpoint-every", "2",
                           "--out", out, capsys=capsys)
-    assert_clean(code, err, "the loss became nan at step 4", "last good checkpoint (step 3)")
+    assert_clean(code, err, "the loss became nan at step 5", "last good checkpoint (step 4)")
     assert (out / "checkpoint.pt").exists() and not (out / "arch.spnas").exists()
     from spnas_dsl.training import load_checkpoint
 
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4

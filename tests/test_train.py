@@ -531,15 +531,16 @@ def test_two_process_gloo_run(tmp_path, tiny):
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_fashion_mnist_short_run(tmp_path):
-    """A concrete network of spaces/fashion_mnist.spnas, 2 epochs on 10k images: well above chance."""
+    """A concrete network of spaces/fashion_mnist.spnas, 2 epochs on 6,000 images: > 75 % top-1
+    (79.5 % measured; 89.4 % after 3 epochs on 20,000, see docs/train.md)."""
     arch = tmp_path / "fm.spnas"
     text = (REPO / "spaces" / "fashion_mnist.spnas").read_text()
     arch.write_text(text.replace("mbconv k=<3,5> e=<3,6> | skip", "mbconv k=3 e=3").replace(
         "mbconv k=<3,5> e=<3,6>", "mbconv k=5 e=3"))
     out = tmp_path / "o"
-    code = main(["train", str(arch), "--data", "fashion-mnist", "--subset", "10000", "--epochs", "2",
+    code = main(["train", str(arch), "--data", "fashion-mnist", "--subset", "6000", "--epochs", "2",
                  "--batch-size", "64", "--lr", "0.016", "--out", str(out), "--quiet"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["held_out_images"] == 2000
-    assert metrics["top1"] > 0.80, metrics["history"]
+    assert metrics["held_out_images"] == 1200
+    assert metrics["top1"] > 0.75, metrics["history"]

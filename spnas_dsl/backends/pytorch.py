@@ -8,6 +8,7 @@ timm's key layout (``conv_stem.weight``, ``blocks.1.0.conv_pw.weight``, ...).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from spnas_dsl.errors import BuildError
@@ -32,7 +33,9 @@ def load_program_runner(path: str | Path):
     """A function NCHW numpy -> outputs numpy that runs the saved program (as a user would)."""
     import torch
 
-    module = torch.export.load(str(path)).module()
+    with warnings.catch_warnings():  # torch's own pytree deprecation notice while unpickling specs
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.export.load(str(path)).module()
 
     def run(x):
         with torch.no_grad():

@@ -21,6 +21,7 @@ calibrated on N(0,1) samples unless ``representative`` is given.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -71,7 +72,9 @@ def keras_to_tflite(model, *, int8: bool = False, representative: Iterable[np.nd
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     failure = None
-    with quiet_output() as log:
+    with quiet_output() as log, warnings.catch_warnings():
+        # int8 I/O without "quantized_input_stats" (a TF1 option): expected, harmless
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         try:
             content = bytes(converter.convert())
         except Exception as exc:  # the converter raises many kinds; report them as a build failure

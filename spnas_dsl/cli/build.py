@@ -41,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--calib-samples", type=int, default=200, metavar="N", help="calibration images (default 200)")
     p.add_argument("--eval-samples", type=int, default=500, metavar="N", help="held-out images (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the parity batch")
+    p.add_argument("--threads", type=int, metavar="N", help="PyTorch compute threads (default: PyTorch's choice; "
+                   "1 is fastest on a machine shared with other jobs)")
     p.add_argument("--json", action="store_true", help="print build.json instead of the summary")
     p.set_defaults(run=run)
 
@@ -60,7 +62,13 @@ def run(args) -> int:
     for name in ("calib_samples", "eval_samples"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
     network = load(args.file)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
     result = build(network, _targets(args.to), args.out, weights=args.weights, int8=args.int8, data=args.data,
                    calib_data=args.calib_data, data_dir=args.data_dir, calib_samples=args.calib_samples,
@@ -68,15 +76,24 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result.manifest, indent=2))
         return 0
+    manifest = result.manifest
+    heldout = manifest["parity"]["heldout"]
     print(f"built {network.name} into {result.out_dir}/")
+    print(f"parity: max |out - pytorch| / max |pytorch| (limit {manifest['parity']['tolerance']:g} for float32) on "
+          f"{manifest['parity']['random_batch']['shape'][0]} random inputs"
+          + (f" and {heldout['description']} (PyTorch accuracy {heldout['pytorch_accuracy']:.4f})" if heldout else ""))
+    print(f"  {'file':<30} {'size':>10}  {'precision':<9} {'random':>9} {'held-out':>9} {'accuracy':>9}")
     for a in result.artifacts:
         size = (result.out_dir / a.path).stat().st_size
-        line = f"  {a.path:<32} {size / 1e6:8.2f} MB"
-        random = a.parity.get("random")
-        if random:
-            line += f"  {a.precision:<7} max abs diff {random['max_abs_diff']:.2e} (rel {random['relative']:.1e})"
-            if "heldout_accuracy" in a.info:
-                line += f", held-out acc {a.info['heldout_accuracy']:.4f}"
+        line = f"  {a.path:<30} {_size(size):>10}"
+        if a.parity:
+            held = a.parity.get("heldout")
+            line += f"  {a.precision:<9} {a.parity['random']['relative']:>9.1e}"
+            line += f" {held['relative']:>9.1e} {a.info['heldout_accuracy']:>9.4f}" if held else ""
         print(line)
-    print(f"  {'build.json':<32}")
+    print(f"  {'build.json':<30}")
     return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"

@@ -48,11 +48,10 @@ def run(args) -> int:
     path = Path(args.file)
     network = None
     if path.suffix == ".spnas":
-        from spnas_dsl.compiler.network import require_concrete
         from spnas_dsl.parser import load
 
         network = load(path)
-        require_concrete(network)
+        _require_concrete(network)
         if not args.json:
             print(f"building {network.name} for {measurer.runtime} ...", file=sys.stderr)
         key = M.network_id(network)
@@ -99,3 +98,17 @@ def _prediction(network, target: str) -> float | None:
         return LatencyGraph.build(network, target).predict(network)
     except SpnasError:
         return None
+
+
+def _require_concrete(network) -> None:
+    """A located error naming the first searched layer (without importing torch)."""
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.printer import format_layer
+    from spnas_dsl.shapes import infer_shapes
+
+    for shape in infer_shapes(network).layers:
+        if not shape.layer.is_concrete:
+            raise UsageError(
+                f"'{network.name}' is a search space, not a concrete network: layer {shape.index} ({shape.name}) "
+                f"has {len(shape.layer.options)} candidates ({format_layer(shape.layer)}); profile one network "
+                f"of it, or time the whole space with `spnasc lut build`", shape.layer.span)

@@ -205,9 +205,12 @@ class AndroidDevice:
 
     def describe(self) -> str:
         """``MANUFACTURER MODEL (Android X, ABI)`` of the phone."""
-        props = {}
-        for prop in ("ro.product.manufacturer", "ro.product.model", "ro.build.version.release", "ro.product.cpu.abi"):
-            props[prop] = self.shell(f"getprop {prop}").strip()
+        props = dict.fromkeys(("ro.product.manufacturer", "ro.product.model", "ro.build.version.release",
+                               "ro.product.cpu.abi"), "?")
+        for line in self.shell("getprop").splitlines():  # "[key]: [value]" lines
+            m = re.match(r"\[(.+?)\]: \[(.*)\]", line.strip())
+            if m and m.group(1) in props:
+                props[m.group(1)] = m.group(2)
         return (f"{props['ro.product.manufacturer']} {props['ro.product.model']} (Android "
                 f"{props['ro.build.version.release']}, {props['ro.product.cpu.abi']})").strip()
 
@@ -224,9 +227,8 @@ class AndroidDevice:
         remote_model = f"{DEVICE_DIR}/{Path(local_model).name}"
         self.push(local_model, remote_model)
         command = (f"{remote_binary} --graph={remote_model} --num_threads={threads} "
-                   "--enable_op_profiling=true")
+                   f"--enable_op_profiling=true; rm -f {remote_model}")
         out = self.shell(command, check=False)
-        self.shell(f"rm -f {remote_model}", check=False)
         return parse_benchmark_output(out, f"benchmark_model on {self.serial} ({Path(local_model).name})")
 
 
