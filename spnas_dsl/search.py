@@ -361,7 +361,12 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
 
         # -- the supernet, one optimizer over weights and thresholds ---------------------------
         training.seed_everything(cfg.seed)  # same on every rank: same init, same indicator dropout
-        supernet = lower_to_supernet(space, latency_graph=graph).to(info.device)
+        # A data set with fewer classes than the space declares (Fashion-MNIST for an ImageNet space)
+        # trains a classifier sized for the data: a proxy like the image size; the head's latency
+        # and the written network keep the declared classes.
+        train_space = space if data.num_classes == space.classes else space.model_copy(
+            update={"classes": data.num_classes})
+        supernet = lower_to_supernet(train_space, latency_graph=graph).to(info.device)
         if memory_format is not None:
             supernet = supernet.to(memory_format=memory_format)
         model: torch.nn.Module = supernet
@@ -530,7 +535,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         latency = graph.predict(derived)
         lam_final = controller.value(False)
         header = _header(cfg, space, target, data.description, image_size, latency, min_ms, max_ms, accuracy,
-                         lam_final, moves, sizes.architectures)
+                         lam_final, moves, sizes.architectures, data.num_classes)
         text = format_network(derived, header=header)
         if parse_text(text, "arch.spnas") != derived:  # the written file must mean the derived network
             raise SpnasError("internal error: the derived network does not print back to itself")
@@ -599,7 +604,7 @@ def _body_comments(space: Network):
 
 def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_size: int, latency: float,
             min_ms: float, max_ms: float, accuracy: float, lam: float, moves: list[RepairMove],
-            architectures: int) -> list[str]:
+            architectures: int, num_classes: int) -> list[str]:
     declared = f"{space.input.height}x{space.input.width}"
     proxy = (f"{image_size}x{image_size} (proxy: trained at this size, latency priced at the declared "
              f"{space.input})") if image_size != space.input.height or image_size != space.input.width else \
@@ -615,7 +620,8 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
         f"predicted latency: {latency:.2f} ms on {target.name} (space: {min_ms:.2f} .. {max_ms:.2f} ms)",
         steer,
         f"seed: {cfg.seed}",
-        f"data: {data_desc}",
+        f"data: {data_desc}" + (f" (classifier trained for its {num_classes} classes; the network keeps "
+                                f"the declared {space.classes})" if num_classes != space.classes else ""),
         f"image size: {proxy}",
         f"epochs: {cfg.epochs} ({cfg.warmup:g} warm-up with lambda 0 and indicator keep probability "
         f"{cfg.dropout_keep:g}), batch {cfg.batch_size}, {cfg.optimizer}",

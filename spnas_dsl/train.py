@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -620,8 +619,3 @@ def _same_out(out, arch_path, resume, info: DistInfo):
         return out
     name = load(arch_path).name if arch_path is not None else "run"
     return broadcast_object(str(default_out_dir(name)), info)
-
-
-def environment_is_worker() -> bool:
-    """True in a process started by torchrun / ``--nproc`` (RANK and WORLD_SIZE set)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ

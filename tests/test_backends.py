@@ -11,10 +11,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
 from spnas_dsl.backends.parity import FLOAT_TOLERANCE, compare, random_batch
 from spnas_dsl.backends.timm import timm_arch_def, timm_config
 from spnas_dsl.backends.weights import initialise, load_weights, read_safetensors, save_weights
@@ -216,22 +216,22 @@ def check_networks(nets: list[Network], backends: tuple[str, ...] = ("keras",)) 
         x = random_batch((size.channels, size.height, size.width), 2, seed=i)
         ref = torch_outputs(model, x)
         keras_model = build_keras_model(net, model.state_dict())
-        outputs = {"keras": lambda: keras_outputs(keras_model, x)}
+        outputs = {"keras": lambda m=keras_model, x=x: keras_outputs(m, x)}
         if "tflite" in backends:
             from spnas_dsl.backends.tflite import TFLiteModel, keras_to_tflite
 
-            outputs["tflite"] = lambda: TFLiteModel(keras_to_tflite(keras_model)).run_nchw(x)
+            outputs["tflite"] = lambda m=keras_model, x=x: TFLiteModel(keras_to_tflite(m)).run_nchw(x)
         with tempfile.TemporaryDirectory() as tmp:
             if "onnx" in backends:
                 from spnas_dsl.backends.onnx import export_onnx, onnxruntime_runner
 
                 export_onnx(model, torch.from_numpy(x), Path(tmp) / "m.onnx")
-                outputs["onnx"] = lambda: onnxruntime_runner(Path(tmp) / "m.onnx")(x)
+                outputs["onnx"] = lambda p=Path(tmp) / "m.onnx", x=x: onnxruntime_runner(p)(x)
             if "pytorch" in backends:
                 from spnas_dsl.backends.pytorch import export_program, load_program_runner
 
                 export_program(model, torch.from_numpy(x), Path(tmp) / "m.pt2")
-                outputs["pytorch"] = lambda: load_program_runner(Path(tmp) / "m.pt2")(x)
+                outputs["pytorch"] = lambda p=Path(tmp) / "m.pt2", x=x: load_program_runner(p)(x)
             for name, run in outputs.items():
                 parity = compare(run(), ref)
                 assert parity.ok(), f"network {i} ({net.name}), {name}: {parity}"

@@ -8,6 +8,7 @@ examples/spnasnet.spnas build is slow-marked.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -18,16 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+from test_backends import TIMM_SPNASNET_100, one_torch_thread  # noqa: F401 (autouse fixture)
+
 from spnas_dsl.backends.parity import FLOAT_TOLERANCE, random_batch
 from spnas_dsl.backends.weights import sha256_file
 from spnas_dsl.cli import main
 from spnas_dsl.ir import Layer, Option
 from spnas_dsl.parser import load
 from spnas_dsl.printer import format_network
-
-from test_backends import TIMM_SPNASNET_100, one_torch_thread  # noqa: F401 (autouse fixture)
 
 # One option per layer of spaces/fashion_mnist.spnas (with two skips): stride-2 k5 and k3 layers.
 SMALL_CHOICES = [None, (5, 6), None, (3, 3), (5, 3), (3, 6), None, None]
@@ -62,13 +62,22 @@ def run_cli(*argv) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def small_build(small_file, tmp_path_factory):
-    """(out dir, build.json, stdout) of one build: all backends, int8, synthetic held-out data."""
-    out = tmp_path_factory.mktemp("builds") / "small"
-    code, stdout, stderr = run_cli("build", small_file, "--to", "pytorch", "--to", "onnx,tflite", "--to", "timm",
-                                   "--int8", "--data", "synthetic:256", "--eval-samples", "64",
-                                   "--calib-samples", "32", "--out", out)
-    assert code == 0, stderr
-    return out, json.loads((out / "build.json").read_text()), stdout
+    """(out dir, build.json, stdout) of one build: all backends, int8, synthetic held-out data.
+
+    Built once per test run: under pytest-xdist the workers share it (a file lock in the
+    run's common temporary folder), since the build costs tens of seconds."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "small_build"
+    with open(shared / "small_build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "build.json").exists():
+            code, stdout, stderr = run_cli("build", small_file, "--to", "pytorch", "--to", "onnx,tflite", "--to",
+                                           "timm", "--int8", "--data", "synthetic:256", "--eval-samples", "64",
+                                           "--calib-samples", "32", "--out", out)
+            assert code == 0, stderr
+            (shared / "small_build.stdout").write_text(stdout)
+    return out, json.loads((out / "build.json").read_text()), (shared / "small_build.stdout").read_text()
 
 
 def artifact(manifest: dict, path: str) -> dict:
@@ -92,6 +101,7 @@ def test_build_lists_every_file_with_size_and_hash(small_build):
     assert load(out / "small_fm.spnas") == small_network()
     assert "note: no --weights" in stdout and "built small_fm" in stdout
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
+    assert "held-out" in stdout and "int8" in stdout
 
 
 def test_float_artifacts_match_pytorch(small_build):
@@ -150,7 +160,7 @@ y = program.module()(torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r})))
 np.save({str(tmp_path / 'y.npy')!r}, y.detach().numpy())
 assert not any(m.startswith("spnas_dsl") for m in sys.modules)
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     model = lower_to_network(load(out / "small_fm.spnas"))
@@ -175,7 +185,7 @@ def test_deploy_folder(small_build, tmp_path):
     out, _, _ = small_build
     script = out / "deploy" / "run_on_pixel.sh"
     assert os.access(script, os.X_OK)
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     readme = (out / "deploy" / "README.md").read_text()
     assert "benchmark_model" in readme and "bazel" in readme
     assert "@NETWORK@" not in readme and "@DEFAULT_MODEL@" not in script.read_text()
@@ -201,7 +211,7 @@ case "$1" in get-state) echo device;; esac
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"\x7fELF")
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", BENCHMARK_MODEL=str(binary))
-    proc = subprocess.run([str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run([str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
     assert any(c.startswith("push") and c.endswith("small_fm.tflite") for c in calls)
@@ -209,7 +219,7 @@ case "$1" in get-state) echo device;; esac
     assert "--num_threads=1" in run and "--enable_op_profiling=true" in run
     assert "--graph=/data/local/tmp/spnas/small_fm.tflite" in run
 
-    missing = subprocess.run([str(script)], capture_output=True, text=True,
+    missing = subprocess.run([str(script)], capture_output=True, text=True, check=False,
                              env=dict(env, BENCHMARK_MODEL=str(tmp_path / "none")))
     assert missing.returncode == 1 and "README.md" in missing.stderr
 
@@ -325,7 +335,7 @@ def test_failed_parity_fails_the_build_and_writes_nothing(small_file, tmp_path, 
 
 def test_default_out_and_rebuild_keeps_other_files(small_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, err = run_cli("build", small_file, "--to", "timm")
+    code, _, err = run_cli("build", small_file, "--to", "timm")
     assert code == 0, err
     out = tmp_path / "build" / "small_fm"
     assert (out / "timm_arch.py").exists() and (out / "small_fm.safetensors").exists()
@@ -340,7 +350,7 @@ def test_default_out_and_rebuild_keeps_other_files(small_file, tmp_path, monkeyp
 
 def test_weights_are_used(small_build, small_file, tmp_path):
     """--weights: the build's outputs are those of the given state dict (here: the first build's)."""
-    out, first, _ = small_build
+    out, _, _ = small_build
     code, _, err = run_cli("build", small_file, "--to", "timm", "--weights", out / "small_fm.safetensors",
                            "--seed", "7", "--out", tmp_path / "again")
     assert code == 0, err
@@ -354,7 +364,7 @@ def test_weights_are_used(small_build, small_file, tmp_path):
 @pytest.mark.slow
 def test_spnasnet_full_build(tmp_path):
     out = tmp_path / "spnasnet"
-    code, stdout, err = run_cli("build", REPO / "examples" / "spnasnet.spnas", "--to", "pytorch", "--to", "onnx",
+    code, _, err = run_cli("build", REPO / "examples" / "spnasnet.spnas", "--to", "pytorch", "--to", "onnx",
                                 "--to", "tflite", "--to", "timm", "--out", out)
     assert code == 0, err
     manifest = json.loads((out / "build.json").read_text())

@@ -20,9 +20,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spnas_dsl.errors import BuildError, SpnasError, UsageError
 from spnas_dsl.ir import Network
@@ -265,6 +266,7 @@ def publish(staging: Path, out_dir: Path) -> None:
 def _images(dataset, count: int, seed: int):
     """Up to ``count`` normalised images of ``dataset`` (a seeded choice) as numpy arrays."""
     import numpy as np
+
     from spnas_dsl.data import Batches, subset_indices
 
     idx = subset_indices(len(dataset), count, seed)

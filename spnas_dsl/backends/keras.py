@@ -39,7 +39,7 @@ KERAS_BN_MOMENTUM = 0.99
 def import_keras():
     """Keras (and TensorFlow) with TensorFlow's C++ start-up chatter turned down."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # noqa: PLC0415
+    import keras
 
     return keras
 
@@ -90,7 +90,7 @@ class _Recorder:
         self.records.append((layer, self.prefix + torch_name, "dense"))
         return layer(x)
 
-    def child(self, prefix: str) -> "_Recorder":
+    def child(self, prefix: str) -> _Recorder:
         return _Recorder(self.keras, prefix, self.records)
 
 
@@ -128,7 +128,7 @@ def _input(keras, hwc: tuple[int, int, int], name: str = "input"):
     return keras.Input(shape=tuple(hwc), batch_size=1, name=name)
 
 
-def _finish(keras, inputs, outputs, records, name: str, state_dict) -> "keras.Model":
+def _finish(keras, inputs, outputs, records, name: str, state_dict) -> keras.Model:
     model = keras.Model(inputs, outputs, name=name)
     if state_dict is not None:
         copy_torch_weights(records, state_dict)
@@ -137,7 +137,7 @@ def _finish(keras, inputs, outputs, records, name: str, state_dict) -> "keras.Mo
 
 # -- public builders --------------------------------------------------------------------------------
 
-def build_keras_model(network: Network, state_dict: dict | None = None) -> "keras.Model":
+def build_keras_model(network: Network, state_dict: dict | None = None) -> keras.Model:
     """The Keras model (NHWC, batch 1) of a concrete network; with ``state_dict`` (the PyTorch
     network's, e.g. ``lower_to_network(net).state_dict()``) its weights are copied in."""
     from spnas_dsl.compiler.network import require_concrete
@@ -163,7 +163,7 @@ def build_keras_model(network: Network, state_dict: dict | None = None) -> "kera
 
 
 def build_keras_stem(input_hwc: tuple[int, int, int], kernel: int, channels: int, stride: int,
-                     state_dict: dict | None = None) -> "keras.Model":
+                     state_dict: dict | None = None) -> keras.Model:
     """The stem alone: conv k x k (stride) + BN + ReLU. ``state_dict`` keys: ``conv_stem.*, bn1.*``."""
     keras = import_keras()
     r = _Recorder(keras)
@@ -172,7 +172,7 @@ def build_keras_stem(input_hwc: tuple[int, int, int], kernel: int, channels: int
 
 
 def build_keras_mbconv(in_hwc: tuple[int, int, int], out_channels: int, option: Option, stride: int,
-                       state_dict: dict | None = None) -> "keras.Model":
+                       state_dict: dict | None = None) -> keras.Model:
     """One MBConv option at input shape ``in_hwc`` (H, W, C). ``state_dict`` has the block's own
     keys (``conv_pw.weight, bn1.weight, ...``, as in ``blocks.mbconv(...).state_dict()``).
     A skip option has no model: it costs nothing."""
@@ -187,7 +187,7 @@ def build_keras_mbconv(in_hwc: tuple[int, int, int], out_channels: int, option: 
 
 
 def build_keras_head(in_hwc: tuple[int, int, int], channels: int, classes: int, dropout: float = 0.0,
-                     state_dict: dict | None = None) -> "keras.Model":
+                     state_dict: dict | None = None) -> keras.Model:
     """The head alone: 1x1 conv + BN + ReLU, global average pool, (dropout), dense.
     ``state_dict`` keys: ``conv_head.*, bn2.*, classifier.*``."""
     keras = import_keras()
@@ -197,7 +197,7 @@ def build_keras_head(in_hwc: tuple[int, int, int], channels: int, classes: int, 
 
 
 def build_keras_part(network: Network, part: str | int, option: Option | None = None,
-                     state_dict: dict | None = None) -> "keras.Model":
+                     state_dict: dict | None = None) -> keras.Model:
     """One part of ``network`` at its place in the network: ``"stem"``, ``"head"`` or a layer
     index (as in ``infer_shapes(network).layers[i].index``) with the ``option`` to build
     (default: the layer's only candidate). Works on search spaces too, for any candidate."""

@@ -25,7 +25,7 @@ def export_onnx(model, example, path: str | Path) -> None:
                                         output_names=["logits"], dynamic_shapes=({0: batch},),
                                         external_data=False, verbose=False)
             program.save(str(path))
-        except Exception as exc:  # torch raises many kinds here; report them as a build failure
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; report them as a build failure
             failure = exc
     if isinstance(failure, ModuleNotFoundError):
         raise BuildError(f"torch.onnx.export(dynamo=True) needs the '{failure.name}' package "
@@ -40,7 +40,7 @@ def check_onnx(path: str | Path) -> dict:
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise BuildError(f"onnx.checker rejected {Path(path).name}: {exc}") from None
     model = onnx.load(str(path), load_external_data=False)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)

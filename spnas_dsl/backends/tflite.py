@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from spnas_dsl.shapes import LayerShape, infer_shapes
 
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     return tf
 
@@ -77,7 +77,7 @@ def keras_to_tflite(model, *, int8: bool = False, representative: Iterable[np.nd
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         try:
             content = bytes(converter.convert())
-        except Exception as exc:  # the converter raises many kinds; report them as a build failure
+        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; report them as a build failure
             failure = exc
     if failure is not None:
         raise BuildError(f"TFLite conversion failed: {type(failure).__name__}: {failure}\n{log.text[-2000:]}")
@@ -212,7 +212,7 @@ def op_names(model: bytes | str | Path) -> list[str]:
     content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
     with quiet_output():
         interp = Interpreter(model_content=content)
-    return [op["op_name"] for op in interp._get_ops_details()]  # noqa: SLF001 - no public listing
+    return [op["op_name"] for op in interp._get_ops_details()]
 
 
 def export(ctx) -> None:

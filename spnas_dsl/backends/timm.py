@@ -77,10 +77,10 @@ def timm_config(network: Network) -> dict:
 def notes(network: Network) -> list[str]:
     cfg = timm_config(network)
     out = [
-        "Channels are final (after the width multiplier): build with round_chs_fn=identity, or timm "
-        "rounds them to multiples of 8.",
-        "BatchNorm: eps 1e-3, momentum 0.01 (timm's default BatchNorm2d uses eps 1e-5): pass "
-        "norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01).",
+        ("Channels are final (after the width multiplier): build with round_chs_fn=identity, or timm "
+         "rounds them to multiples of 8."),
+        ("BatchNorm: eps 1e-3, momentum 0.01 (timm's default BatchNorm2d uses eps 1e-5): pass "
+         "norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)."),
         "No _noskip needed: timm adds a residual exactly when stride is 1 and channels match, as spnas does.",
     ]
     if cfg["stem_stride"] != 2:

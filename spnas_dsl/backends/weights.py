@@ -32,7 +32,7 @@ def _listing(names: list[str]) -> str:
     return shown + more
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a ``.safetensors`` file; any problem is a :class:`CheckpointError`.
 
     A pickled checkpoint (``torch.save``: a zip or pickle stream) is refused before it is
@@ -61,14 +61,14 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 tensors[name] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
     return tensors, metadata
 
 
-def check_state_dict(expected: dict[str, "torch.Tensor"], given: dict[str, "torch.Tensor"], source: str) -> None:
+def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], source: str) -> None:
     """Raise a :class:`CheckpointError` naming missing, unexpected and mis-shaped tensors."""
     def required(name: str) -> bool:
         return not name.endswith(_OPTIONAL_SUFFIXES)
@@ -91,7 +91,7 @@ def check_state_dict(expected: dict[str, "torch.Tensor"], given: dict[str, "torc
         raise CheckpointError(f"weights in {source} do not match the network: " + "; ".join(problems))
 
 
-def _strip_prefix(tensors: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+def _strip_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a ``module.`` (DDP) or ``model.`` prefix shared by every name."""
     for prefix in ("module.", "model."):
         if tensors and all(n.startswith(prefix) for n in tensors):
@@ -99,7 +99,7 @@ def _strip_prefix(tensors: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor
     return tensors
 
 
-def load_weights(model: "torch.nn.Module", path: str | Path) -> dict[str, str]:
+def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
     """Load a ``.safetensors`` state dict into ``model`` after checking names and shapes.
 
     Returns the file's metadata. Nothing is copied unless every tensor matches.
@@ -115,7 +115,7 @@ def load_weights(model: "torch.nn.Module", path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def state_dict_bytes(model: "torch.nn.Module", metadata: dict[str, str] | None = None) -> bytes:
+def state_dict_bytes(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
     """The state dict of ``model`` serialised as safetensors (contiguous CPU copies)."""
     from safetensors.torch import save
 
@@ -123,13 +123,13 @@ def state_dict_bytes(model: "torch.nn.Module", metadata: dict[str, str] | None =
     return save(tensors, metadata=metadata or {})
 
 
-def save_weights(model: "torch.nn.Module", path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write the state dict of ``model`` to ``path`` (safetensors, atomically)."""
     atomic_write_bytes(path, state_dict_bytes(model, metadata))
 
 
-def initialise(model: "torch.nn.Module", input_shape: tuple[int, ...], seed: int = 0, batches: int = 4,
-               batch_size: int = 8) -> "torch.nn.Module":
+def initialise(model: torch.nn.Module, input_shape: tuple[int, ...], seed: int = 0, batches: int = 4,
+               batch_size: int = 8) -> torch.nn.Module:
     """Seeded parameters and BatchNorm statistics measured on random N(0,1) batches.
 
     PyTorch's fresh BN has mean 0 / variance 1, which makes the eval-mode network almost
