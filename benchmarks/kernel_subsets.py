@@ -107,7 +107,7 @@ def train(model, data, *, epochs: int, batch_size: int, seed: int, before_step=N
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total, n = total + float(loss), n + 1
+            total, n = total + loss.item(), n + 1
         log(f"  [{name}] epoch {epoch + 1}/{epochs}: train loss {total / max(n, 1):.4f} "
             f"({time.perf_counter() - started:.0f} s)")
     return time.perf_counter() - started
@@ -155,8 +155,8 @@ def run_seed(space, data, seed: int, a, log=print) -> tuple[dict[str, float], di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     R.common_options(parser)
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per network (default 10; quick 1)")
-    parser.add_argument("--subset", type=int, default=None, help="training images (default all 60,000; quick 5000)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per network (default 10; quick 2)")
+    parser.add_argument("--subset", type=int, default=None, help="training images (default all 60,000; quick 6000)")
     parser.add_argument("--seeds", type=int, default=None, help="repeats with seeds 0..N-1 (default 2; quick 1)")
     parser.add_argument("--sampling", choices=["layer", "network"], default="layer",
                         help="superkernel training: a random kernel per layer (default) or one per network, each step")
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default the Debian package's)")
     a = parser.parse_args(argv)
     R.set_threads(a.threads)
-    a.epochs = a.epochs or (1 if a.quick else 10)
+    a.epochs = a.epochs or (2 if a.quick else 10)
     a.seeds = a.seeds or (1 if a.quick else 2)
-    a.subset = a.subset if a.subset is not None else (5000 if a.quick else None)
+    a.subset = a.subset if a.subset is not None else (6000 if a.quick else None)
     started = time.perf_counter()
 
     from spnas_dsl.data import open_dataset

@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     single_vs_multi_time = cpu["multi-path supernet"] / cpu["single-path supernet"]
     paper = R.md_table(
         ["claim", "paper", "ours"],
-        [["single-path supernet step vs one network", "about the same cost (8 epochs of search \u2248 a few "
-          "epochs of one network)", f"{cpu['single-path supernet'] / cpu[ref]:.2f}x CPU time per step"],
+        [["single-path supernet step vs a step of one network", "\u2248 1x (\"about as much as training one "
+          "network\")", f"{cpu['single-path supernet'] / cpu[ref]:.2f}x CPU time per step"],
          ["batch that fits: single-path vs multi-path", "4x",
           f"{batch_ratio:.1f}x (extrapolated, {args.budget_gib:g} GiB)" if batch_ratio else "n/a"],
          ["multi-path step vs single-path step", "(not given)", f"{single_vs_multi_time:.2f}x CPU time"],

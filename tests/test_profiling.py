@@ -28,13 +28,13 @@ network tiny {
     stem conv k=3 c=8 s=2
     stage a c=16 s=2 {
         mbconv k=<3,5> e=<3,6>
-        mbconv k=3 e=<3,6> | skip
+        mbconv k=<3,5> e=<3,6> | skip
     }
     head conv c=32 dropout=0.0
 }
 """
-TINY_NET = TINY.replace("network tiny", "network tinynet").replace("k=<3,5> e=<3,6>", "k=5 e=3").replace(
-    "k=3 e=<3,6> | skip", "k=3 e=6")
+TINY_NET = TINY.replace("network tiny", "network tinynet").replace(
+    "mbconv k=<3,5> e=<3,6> | skip", "mbconv k=3 e=6").replace("k=<3,5> e=<3,6>", "k=5 e=3")
 FAST = ["--processes", "1", "--rounds", "2", "--runs", "3"]
 
 
@@ -100,7 +100,7 @@ def test_space_parts_of_tiny(tiny):
     _, space = tiny
     parts = M.space_parts(space)
     sigs = [p.signature for p in parts]
-    assert len(sigs) == len(set(sigs)) == 8
+    assert len(sigs) == len(set(sigs)) == 10
     assert sigs[0] == "conv:i32x32x3:o8:s2:k3" and sigs[-1] == "head:i8x8x16:o32:c10"
     assert "mbconv:i16x16x8:o16:s2:k5e6" in sigs and "mbconv:i8x8x16:o16:s1:k3e6" in sigs
 
@@ -120,10 +120,10 @@ def test_network_ids_round_trip(tiny):
 def test_calibration_and_random_networks_are_distinct(tiny):
     _, space = tiny
     cal = [M.network_id(n) for n in L.calibration_networks(space, 3)]
-    assert cal[:2] == ["tiny:k3e3,skip", "tiny:k5e6,k3e6"]  # smallest, largest, then random
+    assert cal[:2] == ["tiny:k3e3,skip", "tiny:k5e6,k5e6"]  # smallest, largest, then random
     assert len(set(cal)) == 3 and cal == [M.network_id(n) for n in L.calibration_networks(space, 3)]
     nets = [M.network_id(n) for n in M.random_networks(space, 100, seed=1, exclude=cal)]
-    assert len(nets) == len(set(nets)) == 4 * 3 - 3  # the whole space but the calibration networks
+    assert len(nets) == len(set(nets)) == 4 * 5 - 3  # the whole space but the calibration networks
     assert not set(nets) & set(cal)
 
 
@@ -242,7 +242,7 @@ def test_lut_build_writes_a_calibrated_table(host_table):
     folder, _, report = host_table
     table = json.loads(report.path.read_text())
     assert report.path == folder / "targets" / "host-tflite.json"
-    assert len(table["entries"]) == 8 and all(e["latency_ms"] > 0 for e in table["entries"])
+    assert len(table["entries"]) == 10 and all(e["latency_ms"] > 0 for e in table["entries"])
     assert table["device"].startswith("host CPU: ") and "ai-edge-litert" in table["runtime"]
     assert table["threads"] == 1 and table["date"]
     cal = table["calibration"]
@@ -268,7 +268,7 @@ def test_lut_build_resumes_keeping_measured_signatures(host_table, tmp_path, mon
     assert main(["lut", "build", str(space_file), "--target", "host-tflite", "--calibrate", "3", "--json",
                  *FAST]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["kept"] == 5 and report["measured"] == 3
+    assert report["kept"] == 5 and report["measured"] == 5
     after = {e["signature"]: e["latency_ms"] for e in json.loads(table.read_text())["entries"]}
     assert set(after) == set(full)
     for sig in list(full)[:5]:
@@ -278,7 +278,7 @@ def test_lut_build_resumes_keeping_measured_signatures(host_table, tmp_path, mon
     assert main(["lut", "build", str(space_file), "--target", "host-tflite", "--calibrate", "3", "--json",
                  *FAST]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["measured"] == 0 and report["kept"] == 8
+    assert report["measured"] == 0 and report["kept"] == 10
 
 
 @pytest.mark.slow

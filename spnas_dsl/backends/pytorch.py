@@ -21,11 +21,13 @@ def export_program(model, example, path: str | Path):
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; report them as a build failure
-        raise BuildError(f"torch.export failed: {type(exc).__name__}: {exc}") from None
-    torch.export.save(program, str(path))
+    with warnings.catch_warnings():  # torch's own pytree deprecation notice while pickling specs
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; report them as a build failure
+            raise BuildError(f"torch.export failed: {type(exc).__name__}: {exc}") from None
+        torch.export.save(program, str(path))
     return program
 
 

@@ -55,7 +55,7 @@ def run(args) -> int:
         if not args.json:
             print(f"building {network.name} for {measurer.runtime} ...", file=sys.stderr)
         key = M.network_id(network)
-        model = M.ensure_models([M.network_job(measurer.runtime, network, key)])[key]
+        model = M.ensure_models([M.network_job(measurer.runtime, network, key, stitch=False)])[key]
     else:
         want = SUFFIXES[measurer.runtime]
         if path.suffix != want:

@@ -10,6 +10,7 @@ _RESULT_OPTIONS = {
     "lambda_": "lambda_", "latency_budget": "latency_budget", "batch_size": "batch_size", "lr": "lr",
     "optimizer": "optimizer", "image_size": "image_size", "subset": "subset", "val_subset": "val_subset",
     "val_fraction": "val_fraction", "seed": "seed", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
+    "threshold_lr_scale": "threshold_lr_scale",
 }
 
 
@@ -39,6 +40,11 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.016 * B / 256 for rmsprop, 0.1 * B / 256 for sgd)")
     p.add_argument("--optimizer", choices=["rmsprop", "sgd"],
                    help="rmsprop (official: TF-style, exponential decay) or sgd (Nesterov, cosine)")
+    p.add_argument("--threshold-lr-scale", type=float, metavar="X",
+                   help="the thresholds' learning rate is X times the weights' (default 5)")
+    p.add_argument("--official-thresholds", action="store_true",
+                   help="optimise the thresholds exactly as the weights (the official recipe: lr x1, TF RMSProp "
+                   "epsilon 1e-3 in the root); slow to move decisions in short searches")
     p.add_argument("--image-size", type=int, metavar="S",
                    help="train at SxS (a proxy; latency is still priced at the space's declared input)")
     p.add_argument("--subset", type=int, metavar="N", help="use N training images (a seeded random choice)")
@@ -91,6 +97,10 @@ def _config(args):
         load(args.space)  # raises the parser's located error for a missing / unreadable file
         raise
     values = {name: getattr(args, opt) for opt, name in _RESULT_OPTIONS.items() if getattr(args, opt) is not None}
+    if args.official_thresholds:
+        if args.threshold_lr_scale is not None:
+            raise UsageError("--official-thresholds and --threshold-lr-scale are alternatives")
+        values.update(threshold_lr_scale=1.0, threshold_eps=None)
     for opt in ("device", "workers"):
         if getattr(args, opt) is not None:
             values[opt] = getattr(args, opt)
@@ -142,4 +152,4 @@ def _child_argv(args) -> list[str]:
     for opt, value in options.items():
         if value is not None:
             argv += ["--" + opt.rstrip("_").replace("_", "-"), str(value)]
-    return argv + (["--quiet"] if args.quiet else [])
+    return argv + (["--quiet"] if args.quiet else []) + (["--official-thresholds"] if args.official_thresholds else [])

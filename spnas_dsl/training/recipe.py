@@ -46,6 +46,9 @@ class Recipe:
     decay_epochs: float = 2.4
     warmup_epochs: float = 0.0  # linear lr warm-up (the official search has none)
     label_smoothing: float = 0.1
+    # NAS thresholds (build_optimizer's ``threshold_ids``): their own group, see build_optimizer
+    threshold_lr_scale: float = 1.0
+    threshold_eps: float | None = None  # None: the weights' eps, TF form
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -79,11 +82,16 @@ class RMSpropTF(torch.optim.Optimizer):
     ``weight_decay`` adds ``wd * w`` to the gradient (the official code's L2 loss term).
     PyTorch's ``RMSprop`` differs (ms from 0, eps outside the root), which makes the first
     steps several times larger; the official recipe's hyper-parameters assume this form.
+
+    A group may set ``tf_style=False``: then the accumulator starts at 0 and ``eps`` is added
+    outside the root (``g / (sqrt(ms) + eps)``, PyTorch's form): steps stay about ``lr`` in
+    size however small the gradients are.
     """
 
     def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+                 weight_decay: float = 0.0, tf_style: bool = True):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay,
+                                      tf_style=tf_style))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -99,12 +107,14 @@ class RMSpropTF(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     grad = grad.add(p, alpha=group["weight_decay"])
                 state = self.state[p]
+                tf_style = group.get("tf_style", True)
                 if not state:
-                    state["square_avg"] = torch.ones_like(p)
+                    state["square_avg"] = torch.ones_like(p) if tf_style else torch.zeros_like(p)
                     state["momentum_buffer"] = torch.zeros_like(p)
                 ms, buf = state["square_avg"], state["momentum_buffer"]
                 ms.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
-                buf.mul_(group["momentum"]).addcdiv_(grad, ms.add(group["eps"]).sqrt_(), value=group["lr"])
+                denom = ms.add(group["eps"]).sqrt_() if tf_style else ms.sqrt().add_(group["eps"])
+                buf.mul_(group["momentum"]).addcdiv_(grad, denom, value=group["lr"])
                 p.sub_(buf)
         return loss
 
@@ -114,27 +124,48 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or "threshold" in name.rsplit(".", 1)[-1]
 
 
-def param_groups(model: nn.Module, weight_decay: float, extra_no_decay: set[int] | None = None) -> list[dict]:
-    """Two groups: ``decay`` (conv / linear weights) and ``no_decay`` (BN, biases, thresholds).
+def param_groups(model: nn.Module, weight_decay: float, extra_no_decay: set[int] | None = None,
+                 threshold_ids: set[int] | None = None) -> list[dict]:
+    """Parameter groups: ``decay`` (conv / linear weights), ``no_decay`` (BN, biases, scalars) and,
+    when ``threshold_ids`` are given, ``thresholds`` (no decay either).
 
-    ``extra_no_decay``: ids of more parameters to exclude from decay (e.g. a supernet's
-    ``threshold_parameters()``). Each group carries a ``name`` for logging.
+    ``extra_no_decay``: ids of more parameters to exclude from decay. Each group carries a
+    ``name`` for logging. Empty groups are left out.
     """
-    extra = extra_no_decay or set()
-    decay, no_decay = [], []
+    extra = (extra_no_decay or set()) | (threshold_ids or set())
+    thresholds = threshold_ids or set()
+    decay, no_decay, special = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if is_no_decay(name, p) or id(p) in extra else decay).append(p)
-    return [
+        if id(p) in thresholds:
+            special.append(p)
+        elif is_no_decay(name, p) or id(p) in extra:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": special, "weight_decay": 0.0, "name": "thresholds"},
     ]
+    return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, extra_no_decay: set[int] | None = None) -> torch.optim.Optimizer:
-    """The recipe's optimizer over every trainable parameter of ``model`` (one optimizer for all)."""
-    groups = param_groups(model, recipe.weight_decay, extra_no_decay)
+def build_optimizer(model: nn.Module, recipe: Recipe, extra_no_decay: set[int] | None = None,
+                    threshold_ids: set[int] | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over every trainable parameter of ``model`` (one optimizer for all).
+
+    ``threshold_ids`` (a NAS supernet's decision thresholds) get their own group: no weight
+    decay, lr x ``recipe.threshold_lr_scale`` and, with RMSProp and ``recipe.threshold_eps``
+    set, PyTorch-form RMSProp with that epsilon (see :class:`RMSpropTF`).
+    """
+    groups = param_groups(model, recipe.weight_decay, extra_no_decay, threshold_ids)
+    for g in groups:
+        if g["name"] == "thresholds":
+            g["lr"] = recipe.base_lr * recipe.threshold_lr_scale
+            if recipe.optimizer == "rmsprop" and recipe.threshold_eps is not None:
+                g["eps"], g["tf_style"] = recipe.threshold_eps, False
     if recipe.optimizer == "rmsprop":
         return RMSpropTF(groups, lr=recipe.base_lr, alpha=recipe.rms_decay, eps=recipe.eps, momentum=recipe.momentum)
     return torch.optim.SGD(groups, lr=recipe.base_lr, momentum=recipe.momentum, nesterov=True)
