@@ -75,16 +75,32 @@ def inputs_for(space_name: str, network, seed: int) -> tuple[np.ndarray, str]:
     return random_batch((size.channels, size.height, size.width), 8, seed + 99), "8 N(0,1) samples"
 
 
+def reference_model(network, weights: Path | None, seed: int):
+    """The PyTorch model ``build`` exports: seeded construction, then the weights file or the
+    build's seeded initialisation (``backends.weights.initialise``); eval mode."""
+    import torch
+
+    from spnas_dsl.backends.weights import initialise, load_weights
+    from spnas_dsl.compiler.network import lower_to_network
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = lower_to_network(network)
+    if weights is not None:
+        load_weights(model, weights)
+        return model.eval()
+    size = network.input
+    return initialise(model, (size.channels, size.height, size.width), seed=seed)
+
+
 def one_network(space_name: str, network, out: Path, weights: Path | None, seed: int, calib_samples: int) -> dict:
     """Build, run every artifact on the same inputs, compare all pairs."""
     import torch
 
     from spnas_dsl.backends import build
     from spnas_dsl.backends.onnx import onnxruntime_runner
-    from spnas_dsl.backends.parity import compare
+    from spnas_dsl.backends.parity import compare, random_batch
     from spnas_dsl.backends.tflite import TFLiteModel
-    from spnas_dsl.backends.weights import load_weights
-    from spnas_dsl.compiler.network import lower_to_network
 
     if out.exists():
         shutil.rmtree(out)
@@ -96,9 +112,7 @@ def one_network(space_name: str, network, out: Path, weights: Path | None, seed:
     build_s = time.perf_counter() - started
     manifest = result.manifest
     name = network.name
-    model = lower_to_network(network)
-    load_weights(model, out / f"{name}.safetensors")
-    model.eval()
+    model = reference_model(network, weights, seed)
     x, what = inputs_for(space_name, network, seed)
     with torch.no_grad():
         pt = np.concatenate([model(torch.from_numpy(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
@@ -107,6 +121,15 @@ def one_network(space_name: str, network, out: Path, weights: Path | None, seed:
     q = TFLiteModel(out / f"{name}_int8.tflite").run_nchw(x)
     pairs = {"pt_ort": compare(ort, pt), "pt_tfl": compare(tfl, pt), "ort_tfl": compare(tfl, ort),
              "int8_tfl": compare(q, tfl), "int8_pt": compare(q, pt)}
+    # the reference must be the model the build exported: check it on the build's own parity batch
+    size = network.input
+    batch = random_batch((size.channels, size.height, size.width), 4, seed)
+    with torch.no_grad():
+        mine = compare(TFLiteModel(out / f"{name}.tflite").run_nchw(batch), model(torch.from_numpy(batch)).numpy())
+    recorded = next(a for a in manifest["artifacts"] if a["path"] == f"{name}.tflite")["parity"]["random"]
+    if abs(mine.max_abs_diff - recorded["max_abs_diff"]) > 1e-3 * max(recorded["max_abs_reference"], 1e-6):
+        raise RuntimeError(f"reference model differs from the built one ({mine.max_abs_diff:.3g} vs "
+                           f"{recorded['max_abs_diff']:.3g})")
     build_ok = all(p["relative"] <= FLOAT_RULE for a in manifest["artifacts"]
                    if a.get("parity_checked") for p in a["parity"].values())
     return {"network": name, "inputs": what, "build_s": build_s, "build_float_rule_ok": build_ok,

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         ["lookup table (`spnasc lut build`)", secs(table_s) if table_s is not None else f"not needed ({table_note})"],
         [f"search ({a.search_epochs} epochs, `spnasc search`)",
          f"{result['seconds']:.0f} s in the search loop" + (f", {search_s:.0f} s process" if search_s else " (reused)")],
-        [f"training, per network ({a.train_epochs} epochs, `spnasc train`)",
+        [f"training, per network ({a.train_epochs} epoch(s), `spnasc train`)",
          f"{R.mean_std(train_times)[0]:.0f} s mean in the loop" if train_times else "n/a"],
         [f"training, all {len(jobs)} networks (this run, {a.jobs} at a time)", f"{train_wall:.0f} s"],
         ["benchmark total (this run)", f"{time.perf_counter() - started:.0f} s"],
@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
                "no clear win at this scale." if won else
                "**The search does not win here**: the found network is not better than the mean of the random "
                "networks of the same latency band.")
+    if a.quick:
+        verdict += (" (A `--quick` run: one short training epoch on a few thousand images; the ranking it "
+                    "shows is noise-dominated and says only that the pipeline works.)")
     data = (f"Fashion-MNIST, {a.subset or 60000} training images"
             + (f", held-out {results['found'].get('held_out')} images" if "error" not in f else ""))
     body = R.section_header(

@@ -449,6 +449,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         nan_step = int(os.environ.get("SPNAS_TEST_NAN_AT_STEP", "-1"))  # test hooks (steps count from 1)
         exit_step = int(os.environ.get("SPNAS_TEST_EXIT_AFTER_STEP", "-1"))
         last_good = step
+        freeze_thresholds(optimizer, step < warmup_steps)
         model.train()
         sums = [0.0, 0.0, 0.0]  # CE sum, correct, images since the last record
         start_time = time.monotonic()
@@ -472,6 +473,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                freeze_thresholds(optimizer, step < warmup_steps)
                 ce_value, relaxed = float(ce.detach()), float(out_.latency_ms.detach())
                 sums[0] += ce_value * len(y)
                 sums[1] += float((out_.logits.detach().argmax(1) == y).sum())
@@ -555,6 +557,20 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         return SearchResult(derived, text, latency, accuracy, out, lam_final, moves) if info.is_main else None
     finally:
         training.teardown()
+
+
+def freeze_thresholds(optimizer, frozen: bool) -> None:
+    """Hold the thresholds still (lr 0) during the warm-up.
+
+    With the default threshold optimizer (normalised steps, see docs/search.md) the warm-up's
+    noisy CE gradients would random-walk the thresholds; with the official settings they hardly
+    move anyway. The latency phase thus starts from the largest network, as the paper's does.
+    Call after ``scheduler.step()`` (which resets every group's lr from its schedule).
+    """
+    if frozen:
+        for group in optimizer.param_groups:
+            if group.get("name") == "thresholds":
+                group["lr"] = 0.0
 
 
 def evaluate_supernet(supernet, data, cfg: SearchConfig, info, batch: int, epoch: int) -> tuple[float, float]:

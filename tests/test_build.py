@@ -389,3 +389,24 @@ def test_int8_without_data_calibrates_on_random_samples(small_file, tmp_path):
     assert manifest["calibration"] == "8 random N(0,1) samples"
     spec = json.loads((out / "deploy" / "input_spec.json").read_text())
     assert spec["normalization"] is None and "no --data" in spec["normalization_note"]
+
+
+def test_nothing_moves_when_a_file_is_in_the_way(small_file, tmp_path, monkeypatch):
+    """Rebuilding into a folder where a file blocks a sub-folder: error before any file moves."""
+    from spnas_dsl import backends
+
+    def export(ctx):
+        path = ctx.staging / "deploy" / "x.txt"
+        path.parent.mkdir()
+        path.write_text("new")
+        ctx.add(path, "fake", "test")
+
+    monkeypatch.setitem(sys.modules, "spnas_test_fake", types.SimpleNamespace(export=export))
+    monkeypatch.setitem(backends.EXPORTERS, "fake", backends.ExporterSpec("fake", "spnas_test_fake", "test"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "deploy").write_text("a file")
+    code, _, err = run_cli("build", small_file, "--to", "timm,fake", "--out", out)
+    assert code == 1 and f"{out / 'deploy'} is a file" in err
+    assert sorted(p.name for p in out.iterdir()) == ["deploy"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -252,11 +252,16 @@ def publish(staging: Path, out_dir: Path) -> None:
         os.rename(staging, out_dir)
         return
     files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "build.json")
+    for src in files:  # check every destination before moving anything
+        dst = out_dir / src.relative_to(staging)
+        if dst.is_dir():
+            raise BuildError(f"cannot write {dst}: a directory is in the way")
+        for parent in dst.relative_to(out_dir).parents:
+            if (out_dir / parent).exists() and not (out_dir / parent).is_dir():
+                raise BuildError(f"cannot write {dst}: {out_dir / parent} is a file")
     for src in files:
         dst = out_dir / src.relative_to(staging)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_dir():
-            raise BuildError(f"cannot write {dst}: a directory is in the way")
         os.replace(src, dst)
     shutil.rmtree(staging, ignore_errors=True)
 

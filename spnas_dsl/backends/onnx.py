@@ -7,6 +7,7 @@ validated with ``onnx.checker`` and its onnxruntime outputs are compared with Py
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from spnas_dsl.backends import quiet_output
@@ -19,7 +20,8 @@ def export_onnx(model, example, path: str | Path) -> None:
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     failure = None
-    with quiet_output() as chatter:  # progress lines and "torchvision is not installed" warnings
+    with quiet_output() as chatter, warnings.catch_warnings():  # progress lines, torchvision notices
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice
         try:
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
                                         output_names=["logits"], dynamic_shapes=({0: batch},),

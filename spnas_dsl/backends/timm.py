@@ -82,6 +82,7 @@ def notes(network: Network) -> list[str]:
         ("BatchNorm: eps 1e-3, momentum 0.01 (timm's default BatchNorm2d uses eps 1e-5): pass "
          "norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)."),
         "No _noskip needed: timm adds a residual exactly when stride is 1 and channels match, as spnas does.",
+        "Written for timm 0.9 or later (EfficientNet(norm_layer=..., round_chs_fn=...)).",
     ]
     if cfg["stem_stride"] != 2:
         out.append(f"timm's EfficientNet stem always has stride 2; this network's has stride {cfg['stem_stride']}: "
@@ -114,8 +115,7 @@ examples/spnasnet.spnas). Load the state dict `{network.name}.safetensors` of th
 from functools import partial
 
 import torch.nn as nn
-from timm.models._efficientnet_builder import decode_arch_def
-from timm.models.efficientnet import EfficientNet
+from timm.models.efficientnet import EfficientNet, decode_arch_def
 
 ARCH_DEF = [
 {stages},

@@ -21,9 +21,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "build",
         help="export a concrete network (PyTorch .pt2, ONNX, TFLite, timm) with parity checks",
-        description="Export a concrete network to one or more backends. Every float artifact is run and "
-        "compared with PyTorch (fails beyond 1e-4 of the output scale); build.json records files, hashes "
-        "and differences. Without --weights the network gets seeded weights (for checks and timing).",
+        description="Export a concrete network to one or more backends. Every float artifact is run and\n"
+        "compared with PyTorch (fails beyond 1e-4 of the output scale); build.json records files,\n"
+        "hashes and differences. Without --weights the network gets seeded weights (for checks and timing).",
         epilog=EXAMPLES + "\nbackends:\n" + "\n".join(f"  {s.name:<8} {s.help}" for s in EXPORTERS.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -81,7 +81,18 @@ def progress_bars():
     from tqdm import tqdm
 
     def make(desc: str, total: int):
-        bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
+        if not sys.stderr.isatty():  # a log file: a line every 10 %
+            state = {"done": 0, "shown": 0}
+
+            def tick_plain(n: int) -> None:
+                state["done"] += n
+                pct = 100 * state["done"] // max(total, 1)
+                if pct >= state["shown"] + 10 or state["done"] >= total:
+                    state["shown"] = pct
+                    print(f"{desc}: {state['done']}/{total} ({pct} %)", file=sys.stderr, flush=True)
+
+            return tick_plain
+        bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
         def tick(n: int) -> None:
             bar.update(n)

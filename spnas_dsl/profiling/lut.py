@@ -255,7 +255,7 @@ class BuildReport:
 
 
 def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = None, calibrate: int = DEFAULT_CALIBRATE,
-              fit_mode: str = "affine", fresh: bool = False, recalibrate: bool = False, chunk: int = 24,
+              fit_mode: str = "affine", fresh: bool = False, recalibrate: bool = False, chunk: int = 16,
               seed: int = 0, progress: Progress | None = None, log: Callable[[str], None] = print) -> BuildReport:
     """Measure every missing signature of ``space`` and (re)fit the calibration; see the module doc.
 
