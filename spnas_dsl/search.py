@@ -83,8 +83,9 @@ class SearchConfig:
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1
     dropout_keep: float = 0.6  # indicator keep probability during the warm-up
-    threshold_lr_scale: float = 5.0  # thresholds' lr = this x the weights' lr
+    threshold_lr_scale: float = 10.0  # thresholds' lr = this x the weights' lr
     threshold_eps: float | None = 1e-8  # thresholds' RMSProp epsilon, PyTorch form (None: the official TF form)
+    threshold_momentum: float | None = 0.0  # None: the weights' (0.9)
     seed: int = 0
     device: str | None = None  # None: cuda when available
     workers: int = 4  # DataLoader workers for image folders
@@ -378,7 +379,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             model = DistributedDataParallel(supernet, device_ids=[info.device.index] if info.device.type == "cuda" else None)
         recipe = training.Recipe(optimizer=cfg.optimizer, batch_size=cfg.batch_size, lr=cfg.lr,
                                  weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
-                                 threshold_lr_scale=cfg.threshold_lr_scale, threshold_eps=cfg.threshold_eps)
+                                 threshold_lr_scale=cfg.threshold_lr_scale, threshold_eps=cfg.threshold_eps,
+                                 threshold_momentum=cfg.threshold_momentum)
         thresholds = {id(p) for p in supernet.threshold_parameters()}
         optimizer = training.build_optimizer(supernet, recipe, threshold_ids=thresholds)
         scheduler = training.build_scheduler(optimizer, recipe, steps_per_epoch, cfg.epochs)

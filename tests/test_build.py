@@ -269,7 +269,8 @@ def test_unwritable_out(small_file, tmp_path, case):
     blocker.write_text("x")
     out = blocker / "sub" if case == "under-a-file" else blocker
     code, _, err = run_cli("build", small_file, "--to", "timm", "--out", out)
-    assert code == 1 and f"cannot write to --out {out}" in err
+    assert code == 1 and f"cannot write to --out {out}: " in err
+    assert ("is not a directory" if case == "under-a-file" else "exists and is not a directory") in err
     assert blocker.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 

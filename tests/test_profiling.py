@@ -62,7 +62,9 @@ def test_percentile_and_aggregate():
            {"visits": [1.5], "samples": [1.5]}]
     t = aggregate("m", raw)
     assert t.process_ms == [1.1, 2.0, 1.5]
-    assert t.median_ms == 1.5  # median over processes of the per-process medians
+    assert t.median_ms == t.value_ms == 1.5  # median over processes of the per-process medians
+    assert aggregate("m", raw, "p10").value_ms == pytest.approx(1.5)  # median of the processes' p10s
+    assert aggregate("m", raw, "p10").process_ms == [pytest.approx(1.0), pytest.approx(2.02), 1.5]
     assert t.min_ms == 1.0 and t.runs == 7
     assert t.p10_ms <= t.median_ms <= t.p90_ms
     assert "visit_ms" not in t.to_dict() and t.to_dict(visits=True)["visit_ms"][0] == [1.0, 1.2, 1.1]

@@ -323,3 +323,72 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(table, tmp_path, m
     from spnas_dsl.training import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+
+
+# -- shared training pieces (spnas_dsl.training) ------------------------------------------------------
+
+def test_param_groups_keep_bn_bias_and_thresholds_out_of_weight_decay():
+    import torch
+
+    from spnas_dsl.compiler.supernet import lower_to_supernet
+    from spnas_dsl.training import Recipe, build_optimizer
+
+    net = lower_to_supernet(load(FM_SPACE))
+    thresholds = {id(p) for p in net.threshold_parameters()}
+    opt = build_optimizer(net, Recipe(batch_size=256, threshold_lr_scale=10, threshold_eps=1e-8,
+                                      threshold_momentum=0.0), threshold_ids=thresholds)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert {id(p) for p in groups["thresholds"]["params"]} == thresholds
+    assert groups["thresholds"]["weight_decay"] == 0 and groups["no_decay"]["weight_decay"] == 0
+    assert groups["decay"]["weight_decay"] == 1e-5 and all(p.ndim > 1 for p in groups["decay"]["params"])
+    bn_and_bias = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} | {id(net.classifier.bias)}
+    assert bn_and_bias <= {id(p) for p in groups["no_decay"]["params"]}
+    assert groups["decay"]["lr"] == pytest.approx(0.016) and groups["thresholds"]["lr"] == pytest.approx(0.16)
+    assert groups["thresholds"]["momentum"] == 0.0 and groups["thresholds"]["tf_style"] is False
+
+
+def test_rmsprop_tf_first_step_and_schedule():
+    import torch
+
+    from spnas_dsl.training import Recipe, build_scheduler
+    from spnas_dsl.training.recipe import RMSpropTF, lr_factor
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = RMSpropTF([w], lr=0.1, alpha=0.9, eps=1e-3, momentum=0.9)
+    w.grad = torch.ones(1)
+    opt.step()  # ms = 0.9 * 1 + 0.1 * 1 = 1 -> step = lr * g / sqrt(1 + eps)
+    assert float(w) == pytest.approx(-0.1 / (1 + 1e-3) ** 0.5)
+    recipe = Recipe(batch_size=512)
+    assert recipe.base_lr == pytest.approx(0.032)
+    assert lr_factor(recipe, 23, steps_per_epoch=10, total_steps=100) == 1.0  # staircase: x0.97 every 24 steps
+    assert lr_factor(recipe, 24, steps_per_epoch=10, total_steps=100) == pytest.approx(0.97)
+    cosine = Recipe(optimizer="sgd", batch_size=256)
+    assert cosine.base_lr == pytest.approx(0.1) and lr_factor(cosine, 50, 10, 100) == pytest.approx(0.5)
+    sched = build_scheduler(opt, recipe, steps_per_epoch=10, epochs=10)
+    for _ in range(24):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.97)
+
+
+def test_checkpoint_roundtrip_rng_and_corruption(tmp_path):
+    import random
+
+    import torch
+
+    from spnas_dsl.errors import CheckpointError
+    from spnas_dsl.training import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+
+    state = {"model": {"w": torch.arange(3.0)}, "step": 7, "history": [{"a": 1.5, "b": "x"}], "rng": capture_rng_state()}
+    expected = (torch.rand(3), random.random())
+    save_checkpoint(tmp_path / "c.pt", state)
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert loaded["step"] == 7 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
+    restore_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert not list(tmp_path.glob(".c.pt.*"))  # no temporary file left behind
+    (tmp_path / "c.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")

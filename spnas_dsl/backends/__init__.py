@@ -222,6 +222,8 @@ def prepare_output(out_dir: Path) -> tuple[Path, list[Path]]:
         for folder in reversed(missing):
             folder.mkdir()
             created.append(folder)
+        if not parent.is_dir():
+            raise NotADirectoryError(20, f"{parent} is not a directory")
         target = out_dir if out_dir.exists() else parent
         if not os.access(target, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")

@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--optimizer", choices=["rmsprop", "sgd"],
                    help="rmsprop (official: TF-style, exponential decay) or sgd (Nesterov, cosine)")
     p.add_argument("--threshold-lr-scale", type=float, metavar="X",
-                   help="the thresholds' learning rate is X times the weights' (default 5)")
+                   help="the thresholds' learning rate is X times the weights' (default 10)")
     p.add_argument("--official-thresholds", action="store_true",
                    help="optimise the thresholds exactly as the weights (the official recipe: lr x1, TF RMSProp "
                    "epsilon 1e-3 in the root); slow to move decisions in short searches")
@@ -100,7 +100,7 @@ def _config(args):
     if args.official_thresholds:
         if args.threshold_lr_scale is not None:
             raise UsageError("--official-thresholds and --threshold-lr-scale are alternatives")
-        values.update(threshold_lr_scale=1.0, threshold_eps=None)
+        values.update(threshold_lr_scale=1.0, threshold_eps=None, threshold_momentum=None)
     for opt in ("device", "workers"):
         if getattr(args, opt) is not None:
             values[opt] = getattr(args, opt)

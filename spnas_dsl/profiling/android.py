@@ -252,7 +252,7 @@ def measure_android(specs: Sequence[ModelSpec], serial: str, binary: Path, passe
     for key, runs in results.items():
         avgs = [r.avg_ms for r in runs]
         out[key] = Timing(
-            key=key, median_ms=statistics.median(avgs),
+            key=key, value_ms=statistics.median(avgs), median_ms=statistics.median(avgs),
             p10_ms=min((r.min_ms if r.min_ms is not None else r.avg_ms) for r in runs),
             p90_ms=max((r.max_ms if r.max_ms is not None else r.avg_ms) for r in runs),
             min_ms=min((r.min_ms if r.min_ms is not None else r.avg_ms) for r in runs),

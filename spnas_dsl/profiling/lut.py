@@ -314,7 +314,7 @@ def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = 
         _record("part", {p.signature: timings[p.signature] for p in group}, measurer, date)
         if cal_ids:
             _record("anchor", {i: timings[i] for i in cal_ids}, measurer, date, {"space": space.name})
-            latest = {i: timings[i].median_ms for i in cal_ids}
+            latest = {i: timings[i].value_ms for i in cal_ids}
             if anchors is None:
                 anchors = {"space": space.name, "date": date, "networks": dict(latest)}
                 _save_anchors(path, anchors)
@@ -322,7 +322,7 @@ def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = 
         else:
             factor = 1.0
         for p in group:
-            entries.append({"signature": p.signature, "latency_ms": round(timings[p.signature].median_ms * factor, 6)})
+            entries.append({"signature": p.signature, "latency_ms": round(timings[p.signature].value_ms * factor, 6)})
         if group:
             note = f" (scaled by {factor:.4f} to the reference anchors)" if cal_ids else ""
             log(f"  {len(group)} signature(s) timed{note}")

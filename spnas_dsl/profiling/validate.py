@@ -72,14 +72,14 @@ def validate_lut(space: Network, measurer: L.Measurer, *, table: str | Path | No
         return graph.raw_total(n)
 
     cal_raw = [raw(n) for n in cal_nets]
-    cal_measured = [timings[i].median_ms for i in cal_ids]
+    cal_measured = [timings[i].value_ms for i in cal_ids]
     scale, offset = L.fit(cal_raw, cal_measured, fit_mode)
     rows = []
     for net, key in zip(nets, ids):
         r = raw(net)
         t = timings[key]
         rows.append({
-            "network": key, "measured_ms": t.median_ms, "p10_ms": t.p10_ms, "p90_ms": t.p90_ms,
+            "network": key, "measured_ms": t.value_ms, "median_ms": t.median_ms, "p10_ms": t.p10_ms, "p90_ms": t.p90_ms,
             "process_ms": t.process_ms, "sum_ms": r, "predicted_stored_ms": graph.predict(net),
             "predicted_in_run_ms": scale * r + offset,
         })

@@ -49,6 +49,7 @@ class Recipe:
     # NAS thresholds (build_optimizer's ``threshold_ids``): their own group, see build_optimizer
     threshold_lr_scale: float = 1.0
     threshold_eps: float | None = None  # None: the weights' eps, TF form
+    threshold_momentum: float | None = None  # None: the weights' momentum
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -157,13 +158,16 @@ def build_optimizer(model: nn.Module, recipe: Recipe, extra_no_decay: set[int] |
     """The recipe's optimizer over every trainable parameter of ``model`` (one optimizer for all).
 
     ``threshold_ids`` (a NAS supernet's decision thresholds) get their own group: no weight
-    decay, lr x ``recipe.threshold_lr_scale`` and, with RMSProp and ``recipe.threshold_eps``
-    set, PyTorch-form RMSProp with that epsilon (see :class:`RMSpropTF`).
+    decay, lr x ``recipe.threshold_lr_scale``, momentum ``recipe.threshold_momentum`` (when set)
+    and, with RMSProp and ``recipe.threshold_eps`` set, PyTorch-form RMSProp with that epsilon
+    (see :class:`RMSpropTF`).
     """
     groups = param_groups(model, recipe.weight_decay, extra_no_decay, threshold_ids)
     for g in groups:
         if g["name"] == "thresholds":
             g["lr"] = recipe.base_lr * recipe.threshold_lr_scale
+            if recipe.threshold_momentum is not None:
+                g["momentum"] = recipe.threshold_momentum
             if recipe.optimizer == "rmsprop" and recipe.threshold_eps is not None:
                 g["eps"], g["tf_style"] = recipe.threshold_eps, False
     if recipe.optimizer == "rmsprop":
