@@ -5,7 +5,15 @@ Keep this small: fixtures used by more than one test module only.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# The suite runs as two xdist workers on two cores: one thread each (and in the
+# subprocesses they start) avoids oversubscription, which slows torch down many times.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path
 
 import pytest

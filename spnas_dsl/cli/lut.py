@@ -22,6 +22,12 @@ def _timing_options(p, processes: int, rounds: int) -> None:
                    help="calibration: scale * sum + offset (affine, default) or scale * sum")
     p.add_argument("--benchmark-binary", metavar="PATH",
                    help="android: TFLite's benchmark_model built for the phone (or $SPNAS_BENCHMARK_MODEL)")
+    p.add_argument("--statistic", choices=["p10", "median"], default="p10",
+                   help="each process's figure for a model: p10 of its timed runs (default; robust on a busy "
+                   "machine) or the median of its visit medians")
+    p.add_argument("--realtime", action="store_true",
+                   help="time with real-time priority (SCHED_FIFO) pinned to one CPU, so that other processes "
+                   "cannot preempt a run (needs root or CAP_SYS_NICE; ignored where not allowed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -112,7 +118,8 @@ def _measurer(args, default_config):
 
     if args.processes < 1 or args.rounds < 1 or args.runs < 1 or args.jobs < 1:
         raise UsageError("--processes, --rounds, --runs and --jobs must be at least 1")
-    config = replace(default_config, processes=args.processes, rounds=args.rounds, runs=args.runs, jobs=args.jobs)
+    config = replace(default_config, processes=args.processes, rounds=args.rounds, runs=args.runs, jobs=args.jobs,
+                     statistic=args.statistic, realtime=args.realtime)
     return make_measurer(args.target, args.threads, config, args.benchmark_binary)
 
 

@@ -25,6 +25,8 @@ def register(sub) -> None:
                    help="fresh worker processes, one after the other, each timing runs/processes runs (default 1)")
     p.add_argument("--benchmark-binary", metavar="PATH", help="android: TFLite's benchmark_model built for the phone "
                    "(or $SPNAS_BENCHMARK_MODEL)")
+    p.add_argument("--realtime", action="store_true",
+                   help="time with real-time priority (SCHED_FIFO) pinned to one CPU (needs root or CAP_SYS_NICE)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -43,7 +45,8 @@ def run(args) -> int:
     rounds = 5 if args.runs >= 25 else 1
     per_visit = max(1, math.ceil(args.runs / (rounds * args.processes)))
     config = TimingConfig(warmup=args.warmup, runs=per_visit, visit_ms=0.0, rounds=rounds,
-                          processes=args.processes, statistic="median")
+                          processes=args.processes, statistic="median",
+                          realtime=args.realtime)
     measurer = make_measurer(args.target, args.threads, config, args.benchmark_binary)
     path = Path(args.file)
     network = None
