@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 r = one_network(space_name, net, work / f"{space_name}-{i}", weights, a.seed + i,
                                 200 if space_name == "fashion_mnist" else (16 if a.quick else 64))
-            except Exception as exc:  # a failed export is a result too
+            except Exception as exc:  # noqa: BLE001 - a failed export is a result too
                 r = {"network": getattr(net, "name", "?"), "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             results[space_name].append(r)
             if "error" in r:
@@ -217,11 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     body = R.section_header(
         "Claim 5: export parity (PyTorch, ONNX Runtime, TFLite float and int8)",
         R.command_line("benchmarks.export_parity", argv), a.threads,
-        [f"{n} networks per space ({', '.join(f'`{s}`' for s in a.spaces)}), exported by `spnas_dsl.backends.build` "
+        [(f"{n} networks per space ({', '.join(f'`{s}`' for s in a.spaces)}), exported by `spnas_dsl.backends.build` "
          f"(`spnasc build --to onnx --to tflite --int8`); abs = max |difference| of logits over all inputs; rel = "
-         f"abs / max |reference logit|; distribution over networks", *notes,
-         f"total wall time {time.perf_counter() - started:.0f} s; per-network figures in "
-         f"`{(work / 'results.json').relative_to(R.REPO)}`"])
+         f"abs / max |reference logit|; distribution over networks"), *notes,
+         (f"total wall time {time.perf_counter() - started:.0f} s; per-network figures in "
+         f"`{(work / 'results.json').relative_to(R.REPO)}`")])
     body += "\n" + table + "\n\n" + NOTES
     R.publish("export_parity", body, a.no_write)
 

@@ -161,7 +161,7 @@ def measure_memory_here(which: str, batch: int, size: int, target: str | None, s
 def measure_memory(which: str, batch: int, size: int, target: str | None, threads: int) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.search_cost", "--measure-memory", which, "--batch", str(batch),
            "--image-size", str(size), "--threads", str(threads), "--target", target or "none"]
-    proc = subprocess.run(cmd, cwd=R.REPO, env=R.child_env(threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=R.REPO, env=R.child_env(threads), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"model": which, "batch": batch, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     single_vs_multi_time = cpu["multi-path supernet"] / cpu["single-path supernet"]
     paper = R.md_table(
         ["claim", "paper", "ours"],
-        [["single-path supernet step vs a step of one network", "\u2248 1x (\"about as much as training one "
-          "network\")", f"{cpu['single-path supernet'] / cpu[ref]:.2f}x CPU time per step"],
+        [["single-path supernet step vs a step of one network", ("\u2248 1x (\"about as much as training one "
+          "network\")"), f"{cpu['single-path supernet'] / cpu[ref]:.2f}x CPU time per step"],
          ["batch that fits: single-path vs multi-path", "4x",
           f"{batch_ratio:.1f}x (extrapolated, {args.budget_gib:g} GiB)" if batch_ratio else "n/a"],
          ["multi-path step vs single-path step", "(not given)", f"{single_vs_multi_time:.2f}x CPU time"],
@@ -283,13 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     body = R.section_header(
         "Claim 1: search cost (single-path vs one network vs multi-path)",
         R.command_line("benchmarks.search_cost", argv), args.threads,
-        [f"space `{SPACE.relative_to(R.REPO)}` (the paper's space, 20 searched layers), input {size}x{size}x"
-         f"{space.input.channels}, {latency}",
+        [(f"space `{SPACE.relative_to(R.REPO)}` (the paper's space, 20 searched layers), input {size}x{size}x"
+         f"{space.input.channels}, {latency}"),
          f"time: batch {batch}, {steps} timed steps per model after {args.warmup} warm-up, interleaved, SGD momentum",
-         f"memory: a fresh process per (model, batch); 'training peak' = RSS high-water mark during 2 training steps "
+         (f"memory: a fresh process per (model, batch); 'training peak' = RSS high-water mark during 2 training steps "
          f"({'/'.join(methods)}, reset after building the model) minus the RSS before them, plus the weights: "
          f"weights + gradients + optimizer state + activations; batches {', '.join(map(str, mem_batches))}; "
-         f"RSS before -> peak (MiB): {mem_points}",
+         f"RSS before -> peak (MiB): {mem_points}"),
          f"total wall time {time.perf_counter() - started:.0f} s"])
     body += "\n" + table + "\n\n" + paper + "\n\n" + NOTES
     R.publish("search_cost", body, args.no_write)

@@ -83,16 +83,17 @@ class SearchConfig:
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1
     dropout_keep: float = 0.6  # indicator keep probability during the warm-up
-    threshold_lr_scale: float = 10.0  # thresholds' lr = this x the weights' lr
-    threshold_eps: float | None = 1e-8  # thresholds' RMSProp epsilon, PyTorch form (None: the official TF form)
-    threshold_momentum: float | None = 0.0  # None: the weights' (0.9)
+    # Thresholds: normalised steps (RMSProp, PyTorch form, no momentum), frozen in the warm-up, then
+    # a constant lr = threshold_travel / latency-phase steps: the farthest a threshold can move (in
+    # norm units). None: the official recipe (the weights' optimizer, lr and schedule).
+    threshold_travel: float | None = 10.0
     seed: int = 0
     device: str | None = None  # None: cuda when available
     workers: int = 4  # DataLoader workers for image folders
     log_every: int = 20  # steps between history records / progress lines
     checkpoint_every: int = 100  # steps between mid-epoch checkpoints
-    control_every: int = 10  # steps between lambda-controller updates (with a budget)
-    control_gain: float = 1.0
+    control_every: int = 1  # steps between lambda-controller updates (with a budget)
+    control_gain: float = 0.2
     space_text: str = ""  # the space's source, so --resume does not depend on the file
 
     @property
@@ -136,14 +137,19 @@ class LambdaController:
 
     - Warm-up steps: 0.
     - Fixed (``--lambda L``): ``L`` afterwards.
-    - Budget (``--latency-budget B``): ``lambda = lambda0 * exp(u)``, an integral controller in
-      log space. Every ``every`` steps of the latency phase, ``u += gain * (H - B) / B`` with
-      ``H`` the *hard* latency (ms) of the current decisions: over budget lambda grows, under
-      it lambda shrinks (by ``exp(gain * relative error)`` per update); ``u`` is kept in [-10, 10].
-      ``lambda0`` is the default lambda.
+    - Budget (``--latency-budget B``): ``lambda = lambda0 * exp(u)``. After every ``every``
+      latency-phase steps, ``u += gain * clip(ln(H / B) / 0.05, -1, 1)``, ``H`` the latency of
+      the current *hard* decisions: over budget lambda grows, under it lambda shrinks, by up to
+      ``exp(gain)`` per update (full speed once 5 % off). ``u`` is kept in [-12, 2]: lambda
+      between ``lambda0 * 6e-6`` and ``lambda0 * 7.4``. A fast, almost bang-bang controller:
+      with the default threshold optimizer lambda acts on the decisions through the sign of
+      each trade-off (``lambda * dR/R`` against ``dCE``), not through the size of the steps,
+      so what matters is how soon lambda crosses those balance points.
     """
 
-    def __init__(self, lam: float, budget: float | None, gain: float = 1.0, every: int = 10):
+    U_MIN, U_MAX = -12.0, 2.0
+
+    def __init__(self, lam: float, budget: float | None, gain: float = 0.2, every: int = 1):
         self.lam0 = lam
         self.budget = budget
         self.gain = gain
@@ -159,7 +165,8 @@ class LambdaController:
         """Called after every latency-phase step with the hard latency of the decisions."""
         if self.budget is None or step_in_phase % self.every:
             return
-        self.u = min(10.0, max(-10.0, self.u + self.gain * (hard_ms - self.budget) / self.budget))
+        error = max(-1.0, min(1.0, math.log(max(hard_ms, 1e-9) / self.budget) / 0.05))
+        self.u = min(self.U_MAX, max(self.U_MIN, self.u + self.gain * error))
 
     def state_dict(self) -> dict[str, float]:
         return {"u": self.u}
@@ -377,10 +384,10 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(supernet, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        official = cfg.threshold_travel is None
         recipe = training.Recipe(optimizer=cfg.optimizer, batch_size=cfg.batch_size, lr=cfg.lr,
                                  weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
-                                 threshold_lr_scale=cfg.threshold_lr_scale, threshold_eps=cfg.threshold_eps,
-                                 threshold_momentum=cfg.threshold_momentum)
+                                 threshold_eps=None if official else 1e-8, threshold_momentum=None if official else 0.0)
         thresholds = {id(p) for p in supernet.threshold_parameters()}
         optimizer = training.build_optimizer(supernet, recipe, threshold_ids=thresholds)
         scheduler = training.build_scheduler(optimizer, recipe, steps_per_epoch, cfg.epochs)
@@ -451,7 +458,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         nan_step = int(os.environ.get("SPNAS_TEST_NAN_AT_STEP", "-1"))  # test hooks (steps count from 1)
         exit_step = int(os.environ.get("SPNAS_TEST_EXIT_AFTER_STEP", "-1"))
         last_good = step
-        freeze_thresholds(optimizer, step < warmup_steps)
+        threshold_lr = None if official else cfg.threshold_travel / max(total_steps - warmup_steps, 1)
+        set_threshold_lr(optimizer, threshold_lr, step < warmup_steps)
         model.train()
         sums = [0.0, 0.0, 0.0]  # CE sum, correct, images since the last record
         start_time = time.monotonic()
@@ -475,7 +483,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                freeze_thresholds(optimizer, step < warmup_steps)
+                set_threshold_lr(optimizer, threshold_lr, step < warmup_steps)
                 ce_value, relaxed = float(ce.detach()), float(out_.latency_ms.detach())
                 sums[0] += ce_value * len(y)
                 sums[1] += float((out_.logits.detach().argmax(1) == y).sum())
@@ -561,18 +569,20 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         training.teardown()
 
 
-def freeze_thresholds(optimizer, frozen: bool) -> None:
-    """Hold the thresholds still (lr 0) during the warm-up.
+def set_threshold_lr(optimizer, lr: float | None, warmup: bool) -> None:
+    """The thresholds' learning rate for the next step (default threshold optimizer).
 
-    With the default threshold optimizer (normalised steps, see docs/search.md) the warm-up's
-    noisy CE gradients would random-walk the thresholds; with the official settings they hardly
-    move anyway. The latency phase thus starts from the largest network, as the paper's does.
-    Call after ``scheduler.step()`` (which resets every group's lr from its schedule).
+    In the warm-up, 0: its normalised steps would random-walk the thresholds on the noisy CE
+    gradients (with the official settings they hardly move anyway), so the latency phase starts
+    from the largest network, as the paper's does. Then the constant ``lr``. ``lr=None``
+    (``--official-thresholds``): the weights' schedule, untouched. Call after
+    ``scheduler.step()``, which resets every group's lr from the schedule.
     """
-    if frozen:
-        for group in optimizer.param_groups:
-            if group.get("name") == "thresholds":
-                group["lr"] = 0.0
+    if lr is None:
+        return
+    for group in optimizer.param_groups:
+        if group.get("name") == "thresholds":
+            group["lr"] = 0.0 if warmup else lr
 
 
 def evaluate_supernet(supernet, data, cfg: SearchConfig, info, batch: int, epoch: int) -> tuple[float, float]:

@@ -170,7 +170,7 @@ def test_android_failed_run_is_reported(fake_phone, monkeypatch, capsys):
 
 
 def test_android_build_killed_then_resumed_keeps_measured_signatures(fake_phone, monkeypatch, capsys):
-    space_file, binary, log, space = fake_phone
+    space_file, binary, log, _ = fake_phone
     table_file = Path(os.environ["SPNAS_CACHE_DIR"]) / "targets" / "android_FAKE123.json"
     env = dict(os.environ, FAKE_ADB_SLEEP="0.3")
     cmd = [sys.executable, "-m", "spnas_dsl", "lut", "build", str(space_file), "--target", "android:FAKE123",

@@ -353,3 +353,27 @@ def test_onnxruntime_profile(tmp_path, cache, capsys):
     assert len(onnx_files) == 1
     assert main(["profile", str(onnx_files[0]), "--target", "host-onnxruntime", "--runs", "10", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_stitched_network_has_the_converted_operators(host_table, monkeypatch):
+    folder, _, _ = host_table
+    monkeypatch.setenv("SPNAS_CACHE_DIR", str(folder))
+    from spnas_dsl.backends.tflite import TFLiteModel, op_names
+
+    net = parse_text(TINY_NET, "tinynet.spnas")
+    key = M.network_id(net)
+    stitched = M.ensure_models([M.network_job("tflite", net, key)])[key]
+    converted = M.ensure_models([M.network_job("tflite", net, key, stitch=False)])[key]
+    assert stitched != converted
+    assert op_names(stitched) == op_names(converted)
+    a, b = TFLiteModel(stitched), TFLiteModel(converted)
+    assert a.input_shape == b.input_shape == (1, 32, 32, 3)
+    import numpy as np
+
+    assert a.run(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 10)
+
+
+def test_stitch_rejects_mismatched_parts():
+    with pytest.raises(ValueError):
+        M.stitch_tflite([])

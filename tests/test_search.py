@@ -132,16 +132,20 @@ def test_resume_of_a_finished_run_reproduces_it(tiny_run, capsys):
 # -- lambda and the budget -----------------------------------------------------------------------
 
 def test_lambda_controller():
+    import math
+
     from spnas_dsl.search import LambdaController
 
     fixed = LambdaController(0.02, None)
     assert fixed.value(in_warmup=True) == 0.0 and fixed.value(in_warmup=False) == 0.02
-    steer = LambdaController(0.02, budget=50.0, gain=1.0, every=1)
-    steer.update(1, 75.0)  # 50 % over budget: lambda grows by e^0.5
-    assert steer.value(False) == pytest.approx(0.02 * 2.718281828 ** 0.5)
-    for _ in range(5):
-        steer.update(1, 25.0)  # under budget: shrinks
-    assert steer.value(False) < 0.02
+    steer = LambdaController(0.02, budget=50.0, gain=0.2, every=1)
+    steer.update(1, 75.0)  # over budget: lambda grows by e^0.2
+    assert steer.value(False) == pytest.approx(0.02 * math.exp(0.2))
+    steer.update(2, 50.0 * math.exp(-0.025))  # 2.5 % under: half speed down
+    assert steer.value(False) == pytest.approx(0.02 * math.exp(0.1))
+    for step in range(100):
+        steer.update(step, 25.0)
+    assert steer.value(False) == pytest.approx(0.02 * math.exp(LambdaController.U_MIN))  # clamped
     copy = LambdaController(0.02, budget=50.0)
     copy.load_state_dict(steer.state_dict())
     assert copy.value(False) == steer.value(False)
@@ -344,7 +348,8 @@ def test_param_groups_keep_bn_bias_and_thresholds_out_of_weight_decay():
     bn_and_bias = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} | {id(net.classifier.bias)}
     assert bn_and_bias <= {id(p) for p in groups["no_decay"]["params"]}
     assert groups["decay"]["lr"] == pytest.approx(0.016) and groups["thresholds"]["lr"] == pytest.approx(0.16)
-    assert groups["thresholds"]["momentum"] == 0.0 and groups["thresholds"]["tf_style"] is False
+    assert groups["thresholds"]["momentum"] == 0.0 and groups["thresholds"]["rule"] == "rmsprop"
+    assert groups["decay"]["rule"] == "rmsprop_tf"
 
 
 def test_rmsprop_tf_first_step_and_schedule():

@@ -10,7 +10,7 @@ _RESULT_OPTIONS = {
     "lambda_": "lambda_", "latency_budget": "latency_budget", "batch_size": "batch_size", "lr": "lr",
     "optimizer": "optimizer", "image_size": "image_size", "subset": "subset", "val_subset": "val_subset",
     "val_fraction": "val_fraction", "seed": "seed", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
-    "threshold_lr_scale": "threshold_lr_scale",
+    "threshold_travel": "threshold_travel",
 }
 
 
@@ -40,11 +40,12 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.016 * B / 256 for rmsprop, 0.1 * B / 256 for sgd)")
     p.add_argument("--optimizer", choices=["rmsprop", "sgd"],
                    help="rmsprop (official: TF-style, exponential decay) or sgd (Nesterov, cosine)")
-    p.add_argument("--threshold-lr-scale", type=float, metavar="X",
-                   help="the thresholds' learning rate is X times the weights' (default 10)")
+    p.add_argument("--threshold-travel", type=float, metavar="T",
+                   help="how far (in weight-norm units) a threshold can move over the latency phase: its constant "
+                   "lr is T / latency-phase steps, with normalised steps (default 10; see docs/search.md)")
     p.add_argument("--official-thresholds", action="store_true",
-                   help="optimise the thresholds exactly as the weights (the official recipe: lr x1, TF RMSProp "
-                   "epsilon 1e-3 in the root); slow to move decisions in short searches")
+                   help="optimise the thresholds exactly as the weights (the official recipe); their gradients "
+                   "vanish while norms are far above them, so decisions barely move in short searches")
     p.add_argument("--image-size", type=int, metavar="S",
                    help="train at SxS (a proxy; latency is still priced at the space's declared input)")
     p.add_argument("--subset", type=int, metavar="N", help="use N training images (a seeded random choice)")
@@ -98,9 +99,9 @@ def _config(args):
         raise
     values = {name: getattr(args, opt) for opt, name in _RESULT_OPTIONS.items() if getattr(args, opt) is not None}
     if args.official_thresholds:
-        if args.threshold_lr_scale is not None:
-            raise UsageError("--official-thresholds and --threshold-lr-scale are alternatives")
-        values.update(threshold_lr_scale=1.0, threshold_eps=None, threshold_momentum=None)
+        if args.threshold_travel is not None:
+            raise UsageError("--official-thresholds and --threshold-travel are alternatives")
+        values.update(threshold_travel=None)
     for opt in ("device", "workers"):
         if getattr(args, opt) is not None:
             values[opt] = getattr(args, opt)

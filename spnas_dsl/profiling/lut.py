@@ -289,6 +289,9 @@ def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = 
     stale = calibrate > 0 and (calibration is None or recalibrate or not _calibrated_on(calibration, space)
                                or calibration.get("networks") != cal_ids)
     anchors = _load_anchors(path, cal_ids) if old is not None else None
+    if kept and cal_ids and missing and anchors is None:
+        log("note: no reference anchor times for these calibration networks: the kept entries and the new "
+            "ones are combined as measured (use --fresh for one consistent run)")
     rows: list[dict] = []
     if not missing and not stale:
         if calibrate > 0:

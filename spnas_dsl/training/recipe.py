@@ -83,16 +83,11 @@ class RMSpropTF(torch.optim.Optimizer):
     ``weight_decay`` adds ``wd * w`` to the gradient (the official code's L2 loss term).
     PyTorch's ``RMSprop`` differs (ms from 0, eps outside the root), which makes the first
     steps several times larger; the official recipe's hyper-parameters assume this form.
-
-    A group may set ``tf_style=False``: then the accumulator starts at 0 and ``eps`` is added
-    outside the root (``g / (sqrt(ms) + eps)``, PyTorch's form): steps stay about ``lr`` in
-    size however small the gradients are.
     """
 
     def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, tf_style: bool = True):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay,
-                                      tf_style=tf_style))
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,14 +103,12 @@ class RMSpropTF(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     grad = grad.add(p, alpha=group["weight_decay"])
                 state = self.state[p]
-                tf_style = group.get("tf_style", True)
                 if not state:
-                    state["square_avg"] = torch.ones_like(p) if tf_style else torch.zeros_like(p)
+                    state["square_avg"] = torch.ones_like(p)
                     state["momentum_buffer"] = torch.zeros_like(p)
                 ms, buf = state["square_avg"], state["momentum_buffer"]
                 ms.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
-                denom = ms.add(group["eps"]).sqrt_() if tf_style else ms.sqrt().add_(group["eps"])
-                buf.mul_(group["momentum"]).addcdiv_(grad, denom, value=group["lr"])
+                buf.mul_(group["momentum"]).addcdiv_(grad, ms.add(group["eps"]).sqrt_(), value=group["lr"])
                 p.sub_(buf)
         return loss
 
@@ -153,26 +146,77 @@ def param_groups(model: nn.Module, weight_decay: float, extra_no_decay: set[int]
     return [g for g in groups if g["params"]]
 
 
+class MultiRuleOptimizer(torch.optim.Optimizer):
+    """One optimizer whose parameter groups may follow different update rules (one ``step``).
+
+    Each group's ``rule``: ``"rmsprop_tf"`` (:class:`RMSpropTF`'s TF form), ``"rmsprop"``
+    (accumulator from 0, ``eps`` outside the root: steps of about ``lr`` whatever the gradient's
+    size) or ``"sgd"`` (PyTorch's SGD, Nesterov momentum). Used for a supernet, whose decision
+    thresholds need normalised steps whatever the weights' optimizer (see docs/search.md).
+    """
+
+    def __init__(self, params, lr: float, rule: str = "rmsprop_tf", alpha: float = 0.9, eps: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, rule=rule, alpha=alpha, eps=eps, momentum=momentum,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            rule, lr, momentum = group["rule"], group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if rule == "sgd":
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = grad.clone()
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(grad)
+                    p.sub_(grad.add(state["momentum_buffer"], alpha=momentum), alpha=lr)  # Nesterov
+                    continue
+                if not state:
+                    state["square_avg"] = torch.ones_like(p) if rule == "rmsprop_tf" else torch.zeros_like(p)
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                ms, buf = state["square_avg"], state["momentum_buffer"]
+                ms.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+                denom = ms.add(group["eps"]).sqrt_() if rule == "rmsprop_tf" else ms.sqrt().add_(group["eps"])
+                buf.mul_(momentum).addcdiv_(grad, denom, value=lr)
+                p.sub_(buf)
+        return loss
+
+
 def build_optimizer(model: nn.Module, recipe: Recipe, extra_no_decay: set[int] | None = None,
                     threshold_ids: set[int] | None = None) -> torch.optim.Optimizer:
     """The recipe's optimizer over every trainable parameter of ``model`` (one optimizer for all).
 
-    ``threshold_ids`` (a NAS supernet's decision thresholds) get their own group: no weight
-    decay, lr x ``recipe.threshold_lr_scale``, momentum ``recipe.threshold_momentum`` (when set)
-    and, with RMSProp and ``recipe.threshold_eps`` set, PyTorch-form RMSProp with that epsilon
-    (see :class:`RMSpropTF`).
+    Without ``threshold_ids``: :class:`RMSpropTF` or ``torch.optim.SGD`` (Nesterov).
+    ``threshold_ids`` (a NAS supernet's decision thresholds) get their own group in a
+    :class:`MultiRuleOptimizer`: no weight decay, lr x ``recipe.threshold_lr_scale``, momentum
+    ``recipe.threshold_momentum`` (when set) and, when ``recipe.threshold_eps`` is set, the
+    ``"rmsprop"`` rule with that epsilon (else the weights' rule).
     """
     groups = param_groups(model, recipe.weight_decay, extra_no_decay, threshold_ids)
+    if not threshold_ids:
+        if recipe.optimizer == "rmsprop":
+            return RMSpropTF(groups, lr=recipe.base_lr, alpha=recipe.rms_decay, eps=recipe.eps,
+                             momentum=recipe.momentum)
+        return torch.optim.SGD(groups, lr=recipe.base_lr, momentum=recipe.momentum, nesterov=True)
+    rule = "rmsprop_tf" if recipe.optimizer == "rmsprop" else "sgd"
     for g in groups:
         if g["name"] == "thresholds":
             g["lr"] = recipe.base_lr * recipe.threshold_lr_scale
             if recipe.threshold_momentum is not None:
                 g["momentum"] = recipe.threshold_momentum
-            if recipe.optimizer == "rmsprop" and recipe.threshold_eps is not None:
-                g["eps"], g["tf_style"] = recipe.threshold_eps, False
-    if recipe.optimizer == "rmsprop":
-        return RMSpropTF(groups, lr=recipe.base_lr, alpha=recipe.rms_decay, eps=recipe.eps, momentum=recipe.momentum)
-    return torch.optim.SGD(groups, lr=recipe.base_lr, momentum=recipe.momentum, nesterov=True)
+            if recipe.threshold_eps is not None:
+                g["rule"], g["eps"] = "rmsprop", recipe.threshold_eps
+    return MultiRuleOptimizer(groups, lr=recipe.base_lr, rule=rule, alpha=recipe.rms_decay, eps=recipe.eps,
+                              momentum=recipe.momentum)
 
 
 def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int, total_steps: int) -> float:
