@@ -141,13 +141,13 @@ def one_network(space_name: str, network, out: Path, weights: Path | None, seed:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     R.common_options(parser)
-    parser.add_argument("--networks", type=int, default=None, help="random networks per space (default 20; quick 3)")
+    parser.add_argument("--networks", type=int, default=None, help="random networks per space (default 20; quick 2)")
     parser.add_argument("--spaces", nargs="+", choices=list(SPACES), default=list(SPACES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-trained", action="store_true", help="never use claim 2's trained weights")
     a = parser.parse_args(argv)
     R.set_threads(a.threads)
-    n = a.networks or (3 if a.quick else 20)
+    n = a.networks or (2 if a.quick else 20)
     started = time.perf_counter()
 
     from spnas_dsl.parser import parse_text

@@ -307,7 +307,13 @@ included), measured per model in its own process; the largest batch is a linear
 extrapolation from two measured batches, not a run at that batch. The single-path supernet
 pays a little more than the largest network per step (the channel masks on the `in*6`
 activations, the norms, indicators and latency term) and holds the same weights plus one
-threshold per decision."""
+threshold per decision. Why less than the paper's 4x: in this space the four (k, e) paths of a
+layer together have 3x the expanded channels of its largest option (3+6+3+6 vs 6 times the
+input width), while the stem, the fixed layers, the head and every block's input and output
+are not multiplied, and the single-path supernet itself keeps somewhat more
+activation memory than the largest network (the masked copies of the `in*6` activations kept
+for backward); so the multi-path supernet needs roughly 2x, not 4x, the single-path
+supernet's memory per sample here."""
 
 
 if __name__ == "__main__":

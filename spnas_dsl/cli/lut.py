@@ -59,7 +59,7 @@ def register(sub) -> None:
         "validate",
         help="compare a table's predictions with whole networks timed end to end",
         description="Time N random networks of SPACE end to end, interleaved with the calibration networks, and "
-        "report RMSE (ms), mean and max absolute error (%%) of the table's predictions: with the stored "
+        "report RMSE (ms), mean and max absolute error (%) of the table's predictions: with the stored "
         "calibration, with a calibration re-fitted in this run, and of the plain sum.",
     )
     v.add_argument("space", metavar="SPACE")

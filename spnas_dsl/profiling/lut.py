@@ -278,9 +278,9 @@ def build_lut(space: Network, measurer: Measurer, *, table: str | Path | None = 
     entries = _entries_of(old)
     calibration = old.calibration.model_dump() if old is not None and not old.calibration.is_identity else None
     timing = measurer.config.describe(measurer.threads) if measurer.kind == "host" else "benchmark_model"
-    source = (f"spnasc lut build: every signature timed as its own single-part model ({timing}); figures are "
-              f"medians, timed round-robin with the calibration networks and scaled to a common reference by "
-              f"their times. Calibration: measured = scale * sum + offset_ms, least squares on whole networks of "
+    source = (f"spnasc lut build: every signature timed as its own single-part model ({timing}), in chunks timed "
+              f"round-robin with the calibration networks and scaled to a common reference by their times. "
+              f"Calibration: measured = scale * sum + offset_ms, least squares ({fit_mode}) on whole networks of "
               f"the space timed in the same run.")
     if kept:
         log(f"{len(kept)} of {len(parts)} signatures already in {path}: kept")
