@@ -110,9 +110,14 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
 
     path = Path(path)
     with _locked(path):
-        text = path.read_text(encoding="utf-8") if path.exists() else HEADER
+        existed = path.exists()
+        text = path.read_text(encoding="utf-8") if existed else HEADER
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, replace_section(text, name, body))
+        if not existed or not path.stat().st_mode & 0o044:  # a temporary file is 0600: make it an ordinary one
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(path, 0o666 & ~umask)
     return path
 
 

@@ -262,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
                "no clear win at this scale." if won else
                "**The search does not win here**: the found network is not better than the mean of the random "
                "networks of the same latency band.")
+    if found_ms < lo:
+        verdict += (f" Note that the search ended at {found_ms:.4f} ms, {100 * (1 - found_ms / budget):.0f} % under "
+                    f"its budget and below the random networks' band (the lambda steering overshot, and the final "
+                    f"repair only moves down): the found network is compared with networks "
+                    f"{ms_mean / found_ms:.2f}x slower on average, which favours them.")
     if a.quick:
         verdict += (" (A `--quick` run: one short training epoch on a few thousand images; the ranking it "
                     "shows is noise-dominated and says only that the pipeline works.)")
