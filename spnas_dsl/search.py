@@ -46,8 +46,8 @@ from typing import Any
 import torch
 
 from spnas_dsl.errors import CheckpointError, SpnasError, UsageError
-from spnas_dsl.ir import SKIP, Layer, Network, Option
 from spnas_dsl.io import atomic_write_text
+from spnas_dsl.ir import SKIP, Layer, Network, Option
 
 CHECKPOINT = "checkpoint.pt"
 BN_RECALIBRATION_BATCHES = 20
@@ -108,7 +108,7 @@ class SearchConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -654,7 +654,7 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
         f"data: {data_desc}" + (f" (classifier trained for its {num_classes} classes; the network keeps "
                                 f"the declared {space.classes})" if num_classes != space.classes else ""),
         f"image size: {proxy}",
-        f"epochs: {cfg.epochs} ({cfg.warmup:g} warm-up with lambda 0 and indicator keep probability "
-        f"{cfg.dropout_keep:g}), batch {cfg.batch_size}, {cfg.optimizer}",
+        (f"epochs: {cfg.epochs} ({cfg.warmup:g} warm-up with lambda 0 and indicator keep probability "
+         f"{cfg.dropout_keep:g}), batch {cfg.batch_size}, {cfg.optimizer}"),
         f"held-out accuracy of the supernet: {accuracy:.2%}" + (" (after the repair, no fine-tuning)" if moves else ""),
     ]

@@ -92,7 +92,7 @@ def plot_decisions(search: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(layers) + 1.8))
     cmap = ListedColormap(plt.get_cmap("viridis")(
         [n / max(len(options) - 1, 1) for n in range(len(options))]))
-    x0, x1 = steps[0]["step"], steps[-1]["step"]
+    x0, x1 = steps[0]["step"], max(steps[-1]["step"], steps[0]["step"] + 1)
     ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5, vmax=len(options) - 0.5,
               extent=(x0, x1, len(layers) - 0.5, -0.5))
     ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers], fontsize=7)
@@ -169,7 +169,7 @@ def plot_groups(search: dict, path: Path) -> None:
     def values(layer: dict) -> list[float]:
         return list(layer["shells"].values()) + list(layer["groups"].values())
 
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(final) * len(names) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.3 * len(final) * len(names) / 2)), 4))
     width = 0.8 / (len(names) * (2 if init else 1))
     xs = range(len(final))
     bar = 0

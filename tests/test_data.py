@@ -217,7 +217,7 @@ def test_resize_and_normalise():
 
 def test_batches_order_is_a_function_of_seed_and_epoch():
     s = open_dataset("synthetic:100", 8, 1, num_classes=10, seed=0)
-    ys = lambda **kw: torch.cat([y for _, y in Batches(s.train, 10, shuffle=True, **kw)])  # noqa: E731
+    ys = lambda **kw: torch.cat([y for _, y in Batches(s.train, 10, shuffle=True, **kw)])
     assert torch.equal(ys(seed=1, epoch=2), ys(seed=1, epoch=2))
     assert not torch.equal(ys(seed=1, epoch=2), ys(seed=1, epoch=3))
     # resuming mid-epoch: start_batch skips exactly the batches already seen

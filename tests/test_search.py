@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from spnas_dsl.cli import main
-from spnas_dsl.ir import SKIP, Option
+from spnas_dsl.ir import Option
 from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.parser import load
 from spnas_dsl.shapes import infer_shapes, option_cost
@@ -125,7 +125,7 @@ def test_arch_is_accepted_by_check_and_latency(tiny_run, table, capsys):
 
 def test_resume_of_a_finished_run_reproduces_it(tiny_run, capsys):
     before = (tiny_run / "arch.spnas").read_text()
-    code, out, _ = search("--resume", tiny_run, "--quiet", capsys=capsys)
+    code, _, _ = search("--resume", tiny_run, "--quiet", capsys=capsys)
     assert code == 0 and (tiny_run / "arch.spnas").read_text() == before
 
 
@@ -180,7 +180,7 @@ def test_budget_below_the_fastest_network_is_refused(table, tmp_path, capsys):
 
 def test_budget_search_lands_under_the_budget(table, tmp_path, capsys):
     budget = 7.0  # the space spans 4.57 .. 10.35 ms on the test table
-    code, out, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "2", "--latency-budget", budget,
+    code, _out, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "2", "--latency-budget", budget,
                             "--out", tmp_path / "o", capsys=capsys)
     assert code == 0, err
     result = json.loads((tmp_path / "o" / "search.json").read_text())["result"]
@@ -191,7 +191,7 @@ def test_budget_search_lands_under_the_budget(table, tmp_path, capsys):
 @pytest.mark.slow
 def test_budget_on_pixel1_mnasnet(tmp_path, capsys):
     budget = 80.0
-    code, out, err = search(MNASNET, "--target", "pixel1", "--data", "synthetic:64", "--image-size", "8",
+    code, _out, err = search(MNASNET, "--target", "pixel1", "--data", "synthetic:64", "--image-size", "8",
                             "--batch-size", "32", "--epochs", "2", "--warmup-epochs", "1", "--latency-budget", budget,
                             "--quiet", "--out", tmp_path / "o", capsys=capsys)
     assert code == 0, err

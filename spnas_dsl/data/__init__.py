@@ -18,8 +18,9 @@ of ``(seed, epoch, batch)`` for in-memory sets and ``(seed, epoch, index)`` for 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 
@@ -27,8 +28,16 @@ from spnas_dsl.data.transforms import Normalization, convert_channels, random_cr
 from spnas_dsl.errors import DataError
 
 __all__ = [
-    "Batches", "DatasetSplits", "ImageDataset", "TensorImageDataset", "DATASETS", "register_dataset",
-    "open_dataset", "split_indices", "subset_indices", "epoch_permutation",
+    "DATASETS",
+    "Batches",
+    "DatasetSplits",
+    "ImageDataset",
+    "TensorImageDataset",
+    "epoch_permutation",
+    "open_dataset",
+    "register_dataset",
+    "split_indices",
+    "subset_indices",
 ]
 
 
@@ -41,7 +50,7 @@ class ImageDataset(Protocol):
 
     def __len__(self) -> int: ...
 
-    def subset(self, indices: list[int] | torch.Tensor, train: bool | None = None) -> "ImageDataset": ...
+    def subset(self, indices: list[int] | torch.Tensor, train: bool | None = None) -> ImageDataset: ...
 
 
 class TensorImageDataset:
@@ -70,7 +79,7 @@ class TensorImageDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices, train: bool | None = None) -> "TensorImageDataset":
+    def subset(self, indices, train: bool | None = None) -> TensorImageDataset:
         idx = torch.as_tensor(indices, dtype=torch.int64)
         return TensorImageDataset(
             self.images[idx], self.labels[idx], num_classes=self.num_classes, image_size=self.image_size,

@@ -64,7 +64,7 @@ class ImageFolderDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def subset(self, indices, train: bool | None = None) -> "ImageFolderDataset":
+    def subset(self, indices, train: bool | None = None) -> ImageFolderDataset:
         idx = torch.as_tensor(indices, dtype=torch.int64).tolist()
         return ImageFolderDataset([self.samples[i] for i in idx], num_classes=self.num_classes,
                                   image_size=self.image_size, channels=self.channels,
@@ -81,7 +81,7 @@ class ImageFolderDataset:
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB" if self.channels == 3 else "L")
-        except Exception as exc:  # PIL raises many types for a bad file
+        except Exception as exc:  # noqa: BLE001 (PIL raises many types for a bad file)
             raise DataError(f"cannot decode image {path}: {exc}") from None
         size = self.image_size
         short = max(size, round(size / CROP_FRACTION))

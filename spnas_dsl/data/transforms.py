@@ -27,7 +27,7 @@ class Normalization:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def to_channels(self, channels: int) -> "Normalization":
+    def to_channels(self, channels: int) -> Normalization:
         """The same statistics for ``channels`` channels (replicate grey, luminance of RGB)."""
         if len(self.mean) == channels:
             return self

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 
 from spnas_dsl.training.checkpoint import (  # noqa: F401 (re-exported)
-    capture_rng_state, load_checkpoint, load_weights, restore_rng_state, save_checkpoint, save_weights,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+    save_weights,
 )
 from spnas_dsl.training.distributed import DistInfo, all_reduce_sum, launch_local, setup, teardown  # noqa: F401
 from spnas_dsl.training.progress import Progress  # noqa: F401

@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle / zip errors of a damaged file
+    except Exception as exc:  # noqa: BLE001 (pickle / zip errors of a damaged file)
         raise CheckpointError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint (expected a dict, got {type(state).__name__})")
@@ -96,5 +96,5 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"no weights file at {path}")
     try:
         return load(path.read_bytes())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (safetensors' errors of a damaged file)
         raise CheckpointError(f"cannot read weights {path}: {exc}") from None

@@ -87,7 +87,7 @@ class RMSpropTF(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -157,8 +157,8 @@ class MultiRuleOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, rule: str = "rmsprop_tf", alpha: float = 0.9, eps: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, rule=rule, alpha=alpha, eps=eps, momentum=momentum,
-                                      weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "rule": rule, "alpha": alpha, "eps": eps, "momentum": momentum,
+                                  "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):
