@@ -2,7 +2,7 @@
 
 Fast tests use no runtime at all. Tests marked ``slow`` convert a tiny space's models with
 TensorFlow and time them with LiteRT (a minimal timing configuration: only the machinery is
-tested here; accuracy figures are measured by the commands in docs/targets_local.md).
+tested here; accuracy figures are measured by the commands in docs/targets.md).
 """
 
 from __future__ import annotations
