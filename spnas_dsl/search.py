@@ -2,8 +2,9 @@
 
 One readable file, top to bottom (after nanoGPT's ``train.py``). Run it through the CLI::
 
-    spnasc search spaces/mnasnet.spnas --target pixel1 --data fashion-mnist --image-size 32 --subset 4000
-    spnasc search spaces/mnasnet.spnas --latency-budget 75 ...            # steer lambda to a budget
+    spnasc search spaces/mnasnet.spnas --target pixel1 --optimizer sgd --image-size 32 --subset 5000 \
+        --batch-size 64 --epochs 4 --latency-budget 80      # ~8 min on 2 CPU cores (docs/search.md)
+    spnasc search spaces/mnasnet.spnas --lambda 0.02 ...                 # a fixed latency weight
     spnasc search --resume runs/mnasnet-pixel1-20250101-120000           # continue a killed run
     spnasc search ... --nproc 2                                          # 2 data-parallel processes
     torchrun --nproc_per_node=8 -m spnas_dsl search ... --data imagefolder:/data/imagenet
@@ -22,9 +23,13 @@ The recipe (paper Sec. 3-4 and the official code, scaled to the run's length):
 
 Scale of lambda: as the official code, the log term is scaled by 1e3: the loss is
 ``CE + lambda * 1000 * ln(R_ms)``, so lambda values read as the paper's (0.020 gave its
-network on ImageNet; the default here). Why such a weight: a threshold's gradient is the
-latency term's times ``sigmoid'(norm - t)``, tiny while a decision is firmly on, and RMSProp
-only normalises gradients above ~sqrt(eps) = 0.03. ``--latency-budget`` avoids choosing lambda.
+network on ImageNet; the default here). ``--latency-budget`` avoids choosing lambda.
+
+Thresholds: a threshold's gradient is the loss's times ``sigmoid'(norm - t)``, vanishing while
+a decision is firmly on, so by default they take normalised steps (their own parameter group,
+no momentum), are frozen in the warm-up and then move at most ``threshold_travel`` norm units
+over the latency phase (:func:`set_threshold_lr`); ``--official-thresholds`` treats them as
+weights. See docs/search.md, "Thresholds", for the measurements behind this.
 
 Determinism and resume: batches are a function of (seed, epoch) (:class:`spnas_dsl.data.Batches`);
 the checkpoint holds the model, optimizer, schedule, lambda controller, every RNG state, the
@@ -467,6 +472,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             progress.set_epoch(epoch, cfg.epochs, "warm-up" if epoch * steps_per_epoch < warmup_steps else "")
             for x, y in train_batches(epoch, step - epoch * steps_per_epoch):
                 in_warmup = step < warmup_steps
+                if step == warmup_steps and step % steps_per_epoch:
+                    progress.set_epoch(epoch, cfg.epochs)  # the latency phase starts mid-epoch
                 supernet.set_indicator_dropout(1 - cfg.dropout_keep if in_warmup else 0.0)
                 lam = controller.value(in_warmup)
                 out_ = model(x)

@@ -30,10 +30,11 @@ def _plt():
     return plt
 
 
-def _shade_warmup(ax, steps: list[dict]) -> None:
+def _shade_warmup(ax, steps: list[dict], end: int | None = None) -> None:
     warm = [r["step"] for r in steps if r.get("warmup")]
-    if warm:
-        ax.axvspan(0, max(warm), color="0.9", zorder=0, label="warm-up (lambda 0, indicator dropout)")
+    end = end if end is not None else (max(warm) if warm else 0)
+    if end:
+        ax.axvspan(0, end, color="0.9", zorder=0, label="warm-up (lambda 0, indicator dropout)")
 
 
 def plot_curves(search: dict, path: Path) -> None:
@@ -42,14 +43,14 @@ def plot_curves(search: dict, path: Path) -> None:
     budget = search["config"].get("latency_budget")
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     x = [r["step"] for r in steps]
-    _shade_warmup(ax1, steps)
+    _shade_warmup(ax1, steps, search.get("warmup_steps"))
     ax1.plot(x, [r["ce"] for r in steps], label="training CE (label-smoothed)")
     val = search["history"]["epochs"]
     if val:
         ax1.plot([e["step"] for e in val], [e["val_ce"] for e in val], "o-", label="held-out CE")
     ax1.set_ylabel("cross-entropy")
     ax1.legend(loc="upper right", fontsize=8)
-    _shade_warmup(ax2, steps)
+    _shade_warmup(ax2, steps, search.get("warmup_steps"))
     ax2.plot(x, [r["latency_relaxed"] for r in steps], label="relaxed latency (batch)", alpha=0.7)
     ax2.plot(x, [r["latency_ms"] for r in steps], label="latency of the decisions", lw=2)
     if budget is not None:
