@@ -165,10 +165,13 @@ def plot_groups(search: dict, path: Path) -> None:
     if not epochs:
         return
     final = epochs[-1]["spread"]
-    names = [f"shell {k}" for k in final[0]["shells"]] + [f"channels {e}" for e in final[0]["groups"]]
+    # Layers may have different candidate sets: plot the union, 0 where a layer lacks a part.
+    shells = sorted({k for layer in final for k in layer["shells"]}, key=str)
+    groups = sorted({e for layer in final for e in layer["groups"]}, key=str)
+    names = [f"shell {k}" for k in shells] + [f"channels {e}" for e in groups]
 
     def values(layer: dict) -> list[float]:
-        return list(layer["shells"].values()) + list(layer["groups"].values())
+        return [layer["shells"].get(k, 0.0) for k in shells] + [layer["groups"].get(e, 0.0) for e in groups]
 
     fig, ax = plt.subplots(figsize=(min(16, max(8, 0.3 * len(final) * len(names) / 2)), 4))
     width = 0.8 / (len(names) * (2 if init else 1))
