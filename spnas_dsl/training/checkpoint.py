@@ -73,7 +73,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 (pickle / zip errors of a damaged file)
-        raise CheckpointError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        # torch's own message for a refused object suggests weights_only=False: never do that
+        # for a file we did not write, so name the file as damaged or foreign instead.
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: the file is damaged or not an spnas checkpoint (it could not "
+            f"be read as tensors and plain containers: {type(exc).__name__})"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint (expected a dict, got {type(state).__name__})")
     return state
