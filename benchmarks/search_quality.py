@@ -246,14 +246,19 @@ def main(argv: list[str] | None = None) -> None:
         return f"{v:.0f} s" if v is not None else "reused (earlier run)"
 
     train_times = [r.get("wall_time_s") for r in results.values() if r.get("wall_time_s")]
+    reused_all = all(r.get("reused") for r in results.values())
     phases = R.md_table(["phase", "wall clock"], [
         ["lookup table (`spnasc lut build`)", secs(table_s) if table_s is not None else f"not needed ({table_note})"],
         [f"search ({a.search_epochs} epochs, `spnasc search`)",
          f"{result['seconds']:.0f} s in the search loop" + (f", {search_s:.0f} s process" if search_s else " (reused)")],
         [f"training, per network ({a.train_epochs} epoch(s), `spnasc train`)",
          f"{R.mean_std(train_times)[0]:.0f} s mean in the loop" if train_times else "n/a"],
-        [f"training, all {len(jobs)} networks (this run, {a.jobs} at a time)", f"{train_wall:.0f} s"],
-        ["benchmark total (this run)", f"{time.perf_counter() - started:.0f} s"],
+        [f"training, all {len(jobs)} networks", f"{sum(train_times):.0f} s summed over the runs' loops"
+         + (f"; {train_wall:.0f} s of wall clock in this run, {a.jobs} at a time" if not reused_all else
+            " (all reused from an earlier run)")],
+        ["benchmark total (this run)", f"{time.perf_counter() - started:.0f} s"
+         + (" (search and training reused from an earlier run with the same settings)" if reused_all and
+            search_s is None else "")],
     ], "ll")
     won = "error" not in f and ok_random and 100 * f["top1"] > acc_mean
     beyond = "error" not in f and ok_random and 100 * f["top1"] > acc_mean + acc_std
