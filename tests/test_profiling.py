@@ -19,7 +19,7 @@ from spnas_dsl.ir import SKIP, Option
 from spnas_dsl.parser import parse_text
 from spnas_dsl.profiling import lut as L
 from spnas_dsl.profiling import models as M
-from spnas_dsl.profiling.timing import aggregate, percentile, time_session
+from spnas_dsl.profiling.timing import aggregate, percentile, process_factors, time_session
 
 TINY = """
 network tiny {
@@ -35,7 +35,7 @@ network tiny {
 """
 TINY_NET = TINY.replace("network tiny", "network tinynet").replace(
     "mbconv k=<3,5> e=<3,6> | skip", "mbconv k=3 e=6").replace("k=<3,5> e=<3,6>", "k=5 e=3")
-FAST = ["--processes", "1", "--rounds", "2", "--runs", "3"]
+FAST = ["--processes", "1", "--rounds", "2", "--runs", "3", "--min-seconds", "0"]
 
 
 @pytest.fixture
@@ -68,6 +68,24 @@ def test_percentile_and_aggregate():
     assert t.min_ms == 1.0 and t.runs == 7
     assert t.p10_ms <= t.median_ms <= t.p90_ms
     assert "visit_ms" not in t.to_dict() and t.to_dict(visits=True)["visit_ms"][0] == [1.0, 1.2, 1.1]
+
+
+def test_process_factors_divide_out_a_slow_process():
+    # process 1 ran every model 1.5x slower (a slow phase of the machine for its whole life)
+    figures = [{"a": 1.0, "b": 2.0, "c": 4.0}, {"a": 1.5, "b": 3.0, "c": 6.0}, {"a": 1.01, "b": 1.98, "c": 4.0}]
+    factors = process_factors(figures)
+    assert factors[1] == pytest.approx(1.5, rel=0.02) and min(factors) == 1.0
+    raw = {k: [{"visits": [f[k]], "samples": [f[k]]} for f in figures] for k in "abc"}
+    plain = aggregate("b", raw["b"])
+    fixed = aggregate("b", raw["b"], factors=factors)
+    assert plain.value_ms == 2.0 and fixed.value_ms == pytest.approx(2.0, rel=0.01)
+    assert aggregate("a", raw["a"], factors=factors).value_ms == pytest.approx(1.0, rel=0.01)
+    # two slow processes of three: the median alone would report the slow figure
+    figures[2] = {"a": 1.5, "b": 3.0, "c": 6.0}
+    raw = [{"visits": [f["b"]], "samples": [f["b"]]} for f in figures]
+    assert aggregate("b", raw).value_ms == 3.0
+    assert aggregate("b", raw, factors=process_factors(figures)).value_ms == pytest.approx(2.0)
+    assert process_factors([{"a": 1.0}]) == [1.0]
 
 
 def test_time_session_warms_up_then_times():
@@ -236,7 +254,7 @@ def host_table(tmp_path_factory):
 def _fast_config():
     from spnas_dsl.profiling.timing import TimingConfig
 
-    return TimingConfig(warmup=1, runs=3, visit_ms=0.0, rounds=2, processes=1)
+    return TimingConfig(warmup=1, runs=3, visit_ms=0.0, rounds=2, processes=1, min_seconds=0.0)
 
 
 @pytest.mark.slow

@@ -14,10 +14,12 @@ def _timing_options(p, processes: int, rounds: int) -> None:
     p.add_argument("--jobs", type=int, default=1, help="worker processes running at the same time (default 1)")
     p.add_argument("--rounds", type=int, default=rounds,
                    help=f"round-robin visits per model in each process (default {rounds})")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per visit, at least (default 10)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per visit, at least (default 3)")
+    p.add_argument("--min-seconds", type=float, default=5.0, metavar="S",
+                   help="each process keeps visiting (more rounds) until it has timed for S seconds (default 5)")
     p.add_argument("--table", metavar="FILE", help="table file (default: the target's table in the user cache)")
     p.add_argument("--calibrate", type=int, default=None, metavar="K",
-                   help="whole networks to fit the calibration on (default 6; 0: none)")
+                   help="whole networks to fit the calibration on (default 12; 0: none)")
     p.add_argument("--fit", choices=["affine", "scale"], default="affine",
                    help="calibration: scale * sum + offset (affine, default) or scale * sum")
     p.add_argument("--benchmark-binary", metavar="PATH",
@@ -48,7 +50,7 @@ def register(sub) -> None:
         "Resumable: signatures already in the table are kept.",
     )
     b.add_argument("space", metavar="SPACE")
-    _timing_options(b, processes=3, rounds=8)
+    _timing_options(b, processes=8, rounds=5)
     b.add_argument("--fresh", action="store_true", help="start a new table (replaces the existing one)")
     b.add_argument("--recalibrate", action="store_true", help="fit the calibration again even if nothing is new")
     b.add_argument("--chunk", type=int, default=16, help="signatures timed (and saved) together (default 16)")
@@ -63,7 +65,7 @@ def register(sub) -> None:
         "calibration, with a calibration re-fitted in this run, and of the plain sum.",
     )
     v.add_argument("space", metavar="SPACE")
-    _timing_options(v, processes=3, rounds=6)
+    _timing_options(v, processes=8, rounds=5)
     v.add_argument("--samples", type=int, default=100, help="random networks (default 100)")
     v.add_argument("--seed", type=int, default=1, help="seed of the random networks (default 1)")
     v.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured scatter plot (PNG)")
@@ -116,9 +118,10 @@ def _measurer(args, default_config):
     from spnas_dsl.errors import UsageError
     from spnas_dsl.profiling.lut import make_measurer
 
-    if args.processes < 1 or args.rounds < 1 or args.runs < 1 or args.jobs < 1:
-        raise UsageError("--processes, --rounds, --runs and --jobs must be at least 1")
+    if args.processes < 1 or args.rounds < 1 or args.runs < 1 or args.jobs < 1 or args.min_seconds < 0:
+        raise UsageError("--processes, --rounds, --runs and --jobs must be at least 1, --min-seconds at least 0")
     config = replace(default_config, processes=args.processes, rounds=args.rounds, runs=args.runs, jobs=args.jobs,
+                     min_seconds=args.min_seconds,
                      statistic=args.statistic, realtime=args.realtime)
     return make_measurer(args.target, args.threads, config, args.benchmark_binary)
 

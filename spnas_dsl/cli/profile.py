@@ -44,7 +44,7 @@ def run(args) -> int:
         raise UsageError("--runs and --processes must be at least 1, --warmup at least 0")
     rounds = 5 if args.runs >= 25 else 1
     per_visit = max(1, math.ceil(args.runs / (rounds * args.processes)))
-    config = TimingConfig(warmup=args.warmup, runs=per_visit, visit_ms=0.0, rounds=rounds,
+    config = TimingConfig(warmup=args.warmup, runs=per_visit, visit_ms=0.0, rounds=rounds, min_seconds=0.0,
                           processes=args.processes, statistic="median",
                           realtime=args.realtime)
     measurer = make_measurer(args.target, args.threads, config, args.benchmark_binary)

@@ -135,17 +135,6 @@ def random_networks(space: Network, count: int, seed: int, exclude: Iterable[str
     return out
 
 
-def extreme_network(space: Network, largest: bool) -> Network:
-    """The network with the most (or fewest) multiply-adds in every layer."""
-    from spnas_dsl.shapes import option_cost
-
-    picks = []
-    for s in infer_shapes(space).layers:
-        ranked = sorted(s.layer.options, key=lambda o: (option_cost(s, o)[1], o.kernel or 0, o.expansion or 0))
-        picks.append(ranked[-1] if largest else ranked[0])
-    return concrete(space, picks)
-
-
 # ---------------------------------------------------------------------------- model files
 def _versions(runtime: str) -> str:
     from importlib.metadata import PackageNotFoundError, version

@@ -5,10 +5,22 @@ One *visit* to a model = ``warmup`` untimed invocations, then at least ``runs`` 
 One *worker process* loads every model once and visits them round-robin, ``rounds`` times,
 in a freshly shuffled order each round, so that slow phases of the machine (another job
 starting, a frequency change) are spread over all models instead of landing on a few.
-A model's figure in one process is the median of its visit medians; the reported figure
-is the median over ``processes`` separate worker processes (a process's memory layout
-shifts every timing in it by a few percent, so one process is one sample of that).
+A model's figure in one process is the p10 of its timed runs (or the median of its visit
+medians); the reported figure is the median over ``processes`` worker processes.
 The spread reported is p10/p90 of every individual timed run.
+
+Why short visits and many rounds (the defaults): on a shared virtual machine a CPU switches
+between a fast and a ~1.45x slower state (a busy neighbour on the same physical core) every
+few tenths of a second to a few seconds. With long visits (10 runs, 8 rounds) a model's
+samples fell into a few such phases and the same 12 networks differed by 6 % on average
+(29 % at most) between two measuring runs; visits of 3 runs over 20 rounds spread every
+model over many phases, and the same test gave 0.5 % (1.6 % at most), in less time.
+The phases last long enough that a process timing tiny models (0.1 ms networks) for a third
+of a second sat in one phase (its figure 1.55x another process's): ``min_seconds`` makes
+every process time for several seconds. A whole worker process can also run ~1.5x slower
+than another for its whole life; as every process times every model, that common factor is
+estimated and divided out (:func:`process_factors`). What remains differs by ~1.1 % per
+process for the same model (memory layout), hence several processes and the median over them.
 
 Worker processes are started fresh (``spawn``) and import only the runtime they need.
 With ``processes=0`` everything runs in the calling process (tests, quick checks).
@@ -17,6 +29,7 @@ With ``processes=0`` everything runs in the calling process (tests, quick checks
 from __future__ import annotations
 
 import gc
+import math
 import multiprocessing as mp
 import queue as queue_module
 import random
@@ -41,16 +54,18 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TimingConfig:
-    warmup: int = 3          # untimed invocations at the start of every visit
-    runs: int = 10           # timed invocations per visit (at least)
-    visit_ms: float = 15.0   # ... and at least this much timed work per visit
-    rounds: int = 8          # visits per model in each process (round-robin)
-    processes: int = 3       # worker processes, each timing every model (0: in this process)
+    warmup: int = 1          # untimed invocations at the start of every visit
+    runs: int = 3            # timed invocations per visit (at least)
+    visit_ms: float = 0.0    # ... and at least this much timed work per visit
+    rounds: int = 5          # visits per model in each process (round-robin), at least
+    min_seconds: float = 5.0  # ... and more rounds until the process has timed this long
+    processes: int = 8       # worker processes, each timing every model (0: in this process)
     jobs: int = 1            # worker processes running at the same time
     seed: int = 0
     clock: str = "auto"      # thread (CPU time of the invoking thread) | wall | auto (thread for 1 thread)
     statistic: str = "p10"   # a process's figure: p10 (of its timed runs) | median (of its visit medians)
     realtime: bool = False   # workers time with SCHED_FIFO priority, pinned to one CPU (needs root/CAP_SYS_NICE)
+    normalize_processes: bool = True  # divide out each process's common slowness (process_factors)
 
     def clock_for(self, threads: int) -> str:
         """The clock used for a model run with ``threads`` threads."""
@@ -64,8 +79,10 @@ class TimingConfig:
         stat = {"p10": "p10 of its timed runs", "median": "median of its visit medians"}[self.statistic]
         if self.realtime:
             where += " (real-time priority, one CPU)"
-        return (f"{clock}; {where} x {self.rounds} round-robin visits x >= {self.runs} runs (>= {self.visit_ms:g} ms), "
-                f"{self.warmup} warm-up runs per visit; figure = median over processes of each process's {stat}")
+        visit = f">= {self.runs} runs" + (f" (>= {self.visit_ms:g} ms)" if self.visit_ms else "")
+        across = "median over processes" + (" (each divided by its process factor)" if self.normalize_processes else "")
+        return (f"{clock}; {where} x >= {self.rounds} round-robin visits (and >= {self.min_seconds:g} s) x {visit}, "
+                f"{self.warmup} warm-up run(s) per visit; figure = {across} of each process's {stat}")
 
 
 @dataclass
@@ -80,6 +97,7 @@ class Timing:
     min_ms: float
     runs: int                        # timed runs in total
     process_ms: list[float] = field(default_factory=list)   # the statistic of each worker process
+    process_factors: list[float] = field(default_factory=list)  # each process's slowness, divided out
     visit_ms: list[list[float]] = field(default_factory=list)  # visit medians, per process
 
     @property
@@ -152,7 +170,9 @@ def go_realtime() -> bool:
 
 def measure_here(specs: Sequence[ModelSpec], config: TimingConfig, index: int = 0,
                  tick: Callable[[int], None] | None = None) -> dict[str, dict]:
-    """Time every model in this process: ``rounds`` round-robin visits. Returns raw figures per key.
+    """Time every model in this process: ``rounds`` round-robin visits (more while the process has
+    timed for less than ``min_seconds``: a small model must be seen in many of the machine's
+    fast and slow phases, not in one). Returns raw figures per key.
 
     ``tick(n)`` is called after each visit (n = 1). The result maps key -> {"visits": [visit
     medians], "samples": [every timed run]}.
@@ -171,15 +191,18 @@ def measure_here(specs: Sequence[ModelSpec], config: TimingConfig, index: int = 
     try:
         for key in keys:  # one untimed pass: first invocations allocate and pack weights
             time_session(sessions[key].invoke, config.warmup, 0)
-        for _ in range(config.rounds):
+        started = time.perf_counter()
+        done = 0
+        while done < config.rounds or time.perf_counter() - started < config.min_seconds:
             rng.shuffle(keys)
             for key in keys:
                 samples = time_session(sessions[key].invoke, config.warmup, config.runs, config.visit_ms,
                                        clocks[key])
                 out[key]["visits"].append(statistics.median(samples))
                 out[key]["samples"].extend(samples)
-                if tick:
+                if tick and done < config.rounds:  # the progress counts the planned rounds
                     tick(1)
+            done += 1
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -196,30 +219,60 @@ def _worker(specs, config, index, results) -> None:
         results.put(("error", index, message))
 
 
-def aggregate(key: str, per_process: list[dict], statistic: str = "median") -> Timing:
+def process_statistic(per_process: dict, statistic: str) -> float:
+    """One process's figure for one model: the median of its visit medians, or the p10 of its runs."""
+    if statistic == "median":
+        return statistics.median(per_process["visits"])
+    if statistic == "p10":
+        return percentile(per_process["samples"], 10)
+    raise ValueError(f"unknown statistic '{statistic}'")
+
+
+def process_factors(figures: list[dict[str, float]]) -> list[float]:
+    """How much slower each process ran than the fastest one, over all the models it timed.
+
+    ``figures[p][key]`` is process p's figure for a model. A process's factor is the median,
+    over the models, of its figure divided by the median over processes of that model's
+    figures, relative to the fastest process (factor 1). On a shared virtual machine a whole
+    worker process can run ~1.5x slower than another for its whole life (measured for 0.1 ms
+    networks: 5 of 8 processes); every model timed in it is slower by the same factor, so it
+    can be divided out. One process, or a single model: all factors 1 or the plain ratio.
+    """
+    if len(figures) <= 1:
+        return [1.0] * len(figures)
+    keys = list(figures[0])
+    logs = {k: statistics.median(math.log(f[k]) for f in figures) for k in keys if all(f[k] > 0 for f in figures)}
+    if not logs:
+        return [1.0] * len(figures)
+    raw = [statistics.median(math.log(f[k]) - logs[k] for k in logs) for f in figures]
+    fastest = min(raw)
+    return [math.exp(r - fastest) for r in raw]
+
+
+def aggregate(key: str, per_process: list[dict], statistic: str = "median",
+              factors: Sequence[float] | None = None) -> Timing:
     """Combine the raw figures of several processes into one :class:`Timing`.
 
     ``statistic``: each process's figure is the median of its visit medians (``median``) or
     the 10th percentile of all its timed runs (``p10``: on a busy machine, other processes
     only ever make a run slower, so a low percentile is the least disturbed figure).
+    ``factors`` (see :func:`process_factors`): each process's figure is divided by its factor
+    before the median over processes is taken.
     """
     medians = [statistics.median(p["visits"]) for p in per_process]
-    if statistic == "median":
-        process_ms = medians
-    elif statistic == "p10":
-        process_ms = [percentile(p["samples"], 10) for p in per_process]
-    else:
-        raise ValueError(f"unknown statistic '{statistic}'")
+    process_ms = [process_statistic(p, statistic) for p in per_process]
+    factors = list(factors) if factors is not None else [1.0] * len(per_process)
     samples = [s for p in per_process for s in p["samples"]]
     return Timing(
         key=key,
-        value_ms=statistics.median(process_ms),
-        median_ms=statistics.median(medians),
+        value_ms=statistics.median(v / f for v, f in zip(process_ms, factors)),
+        median_ms=statistics.median(m / f for m, f in zip(medians, factors)),
         p10_ms=percentile(samples, 10),
         p90_ms=percentile(samples, 90),
         min_ms=min(samples),
         runs=len(samples),
         process_ms=process_ms,
+        process_factors=factors,
         visit_ms=[list(p["visits"]) for p in per_process],
     )
 
@@ -240,7 +293,10 @@ def measure(specs: Sequence[ModelSpec], config: TimingConfig = TimingConfig(),
         raw = [measure_here(specs, config, 0, tick=progress)]
     else:
         raw = _run_workers(specs, config, progress)
-    return {s.key: aggregate(s.key, [r[s.key] for r in raw], config.statistic) for s in specs}
+    factors = None
+    if config.normalize_processes:
+        factors = process_factors([{s.key: process_statistic(r[s.key], config.statistic) for s in specs} for r in raw])
+    return {s.key: aggregate(s.key, [r[s.key] for r in raw], config.statistic, factors) for s in specs}
 
 
 def visits_total(specs: Sequence[ModelSpec], config: TimingConfig) -> int:

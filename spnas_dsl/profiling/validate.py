@@ -100,6 +100,8 @@ def validate_lut(space: Network, measurer: L.Measurer, *, table: str | Path | No
                                **in_run_err},
         "uncalibrated_sum": plain_err,
         "measured_ms_range": [min(measured), max(measured)] if measured else None,
+        # how much slower each worker process ran than the fastest (divided out of every figure)
+        "process_factors": next(iter(timings.values())).process_factors if timings else [],
         "calibration_networks": [
             {"network": i, "sum_ms": r, "measured_ms": m, "stored_ms": graph.calibrate(r),
              "in_run_ms": scale * r + offset}
