@@ -140,8 +140,10 @@ def test_network_ids_round_trip(tiny):
 def test_calibration_and_random_networks_are_distinct(tiny):
     _, space = tiny
     cal = [M.network_id(n) for n in L.calibration_networks(space, 3)]
-    assert cal[:2] == ["tiny:k3e3,skip", "tiny:k5e6,k5e6"]  # smallest, largest, then random
+    # random networks: distinct, the same every time, another set for another seed
     assert len(set(cal)) == 3 and cal == [M.network_id(n) for n in L.calibration_networks(space, 3)]
+    assert cal != [M.network_id(n) for n in L.calibration_networks(space, 3, seed=1)]
+    assert L.calibration_networks(space, 0) == []
     nets = [M.network_id(n) for n in M.random_networks(space, 100, seed=1, exclude=cal)]
     assert len(nets) == len(set(nets)) == 4 * 5 - 3  # the whole space but the calibration networks
     assert not set(nets) & set(cal)

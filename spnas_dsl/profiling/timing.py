@@ -10,8 +10,8 @@ medians); the reported figure is the median over ``processes`` worker processes.
 The spread reported is p10/p90 of every individual timed run.
 
 Why short visits and many rounds (the defaults): on a shared virtual machine a CPU switches
-between a fast and a ~1.45x slower state (a busy neighbour on the same physical core) every
-few tenths of a second to a few seconds. With long visits (10 runs, 8 rounds) a model's
+between a fast and a ~1.45x slower state (presumably a busy neighbour on its physical core) every
+few tenths of a second to a few seconds. With long visits (10 runs; 2 rounds in each of 6 processes) a model's
 samples fell into a few such phases and the same 12 networks differed by 6 % on average
 (29 % at most) between two measuring runs; visits of 3 runs over 20 rounds spread every
 model over many phases, and the same test gave 0.5 % (1.6 % at most), in less time.
