@@ -77,14 +77,17 @@ def test_process_factors_divide_out_a_slow_process():
     assert factors[1] == pytest.approx(1.5, rel=0.02) and min(factors) == 1.0
     raw = {k: [{"visits": [f[k]], "samples": [f[k]]} for f in figures] for k in "abc"}
     plain = aggregate("b", raw["b"])
-    fixed = aggregate("b", raw["b"], factors=factors)
+    fixed = aggregate("b", raw["b"], factors=factors, across="normalized")
     assert plain.value_ms == 2.0 and fixed.value_ms == pytest.approx(2.0, rel=0.01)
-    assert aggregate("a", raw["a"], factors=factors).value_ms == pytest.approx(1.0, rel=0.01)
+    assert aggregate("a", raw["a"], factors=factors, across="normalized").value_ms == pytest.approx(1.0, rel=0.01)
+    assert aggregate("b", raw["b"], across="min").value_ms == 1.98  # the fastest process's figure
     # two slow processes of three: the median alone would report the slow figure
     figures[2] = {"a": 1.5, "b": 3.0, "c": 6.0}
     raw = [{"visits": [f["b"]], "samples": [f["b"]]} for f in figures]
     assert aggregate("b", raw).value_ms == 3.0
-    assert aggregate("b", raw, factors=process_factors(figures)).value_ms == pytest.approx(2.0)
+    assert aggregate("b", raw, factors=process_factors(figures), across="normalized").value_ms == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        aggregate("b", raw, across="mean")
     assert process_factors([{"a": 1.0}]) == [1.0]
 
 

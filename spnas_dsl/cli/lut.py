@@ -27,6 +27,9 @@ def _timing_options(p, processes: int, rounds: int) -> None:
     p.add_argument("--statistic", choices=["p10", "median"], default="p10",
                    help="each process's figure for a model: p10 of its timed runs (default; robust on a busy "
                    "machine) or the median of its visit medians")
+    p.add_argument("--across", choices=["min", "median", "normalized"], default="min",
+                   help="a model's figure from its processes' figures: the smallest (default), the median, or the "
+                   "median after dividing out each process's common slowness")
     p.add_argument("--realtime", action="store_true",
                    help="time with real-time priority (SCHED_FIFO) pinned to one CPU, so that other processes "
                    "cannot preempt a run (needs root or CAP_SYS_NICE; ignored where not allowed)")
@@ -121,7 +124,7 @@ def _measurer(args, default_config):
     if args.processes < 1 or args.rounds < 1 or args.runs < 1 or args.jobs < 1 or args.min_seconds < 0:
         raise UsageError("--processes, --rounds, --runs and --jobs must be at least 1, --min-seconds at least 0")
     config = replace(default_config, processes=args.processes, rounds=args.rounds, runs=args.runs, jobs=args.jobs,
-                     min_seconds=args.min_seconds,
+                     min_seconds=args.min_seconds, across=args.across,
                      statistic=args.statistic, realtime=args.realtime)
     return make_measurer(args.target, args.threads, config, args.benchmark_binary)
 

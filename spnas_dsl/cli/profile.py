@@ -45,7 +45,7 @@ def run(args) -> int:
     rounds = 5 if args.runs >= 25 else 1
     per_visit = max(1, math.ceil(args.runs / (rounds * args.processes)))
     config = TimingConfig(warmup=args.warmup, runs=per_visit, visit_ms=0.0, rounds=rounds, min_seconds=0.0,
-                          processes=args.processes, statistic="median",
+                          processes=args.processes, statistic="median", across="median",
                           realtime=args.realtime)
     measurer = make_measurer(args.target, args.threads, config, args.benchmark_binary)
     path = Path(args.file)
