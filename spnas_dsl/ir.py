@@ -8,7 +8,8 @@ describe the same network, wherever they came from.
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,7 +98,7 @@ class Layer(Node):
         return self.kernel is None and self.skip
 
     @classmethod
-    def from_option(cls, option: Option, span: Span | None = None) -> "Layer":
+    def from_option(cls, option: Option, span: Span | None = None) -> Layer:
         """The concrete layer for one option."""
         if option.is_skip:
             return cls(skip=True, span=span)
@@ -172,7 +173,7 @@ class Network(Node):
             for i, layer in enumerate(stage.layers):
                 yield stage, i, layer
 
-    def replace_layers(self, layers: list[Layer]) -> "Network":
+    def replace_layers(self, layers: list[Layer]) -> Network:
         """A new network with the same macro-architecture and these layers, in order."""
         it = iter(layers)
         stages = tuple(s.model_copy(update={"layers": tuple(next(it) for _ in s.layers)}) for s in self.stages)

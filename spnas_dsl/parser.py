@@ -16,7 +16,7 @@ from lark import __version__ as lark_version
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.tree import Meta
 
-from spnas_dsl.errors import SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError, Span
+from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError
 from spnas_dsl.ir import Choice, Comment, Head, InputSize, Layer, Network, Stage, Stem
 from spnas_dsl.resources import data_path
 

@@ -75,7 +75,7 @@ class NetworkShape:
 def infer_shapes(network: Network) -> NetworkShape:
     """Propagate (H, W, C) through the network; channels are rounded by the width multiplier."""
     m = network.width_multiplier
-    h, w, c = network.input.height, network.input.width, network.input.channels
+    h, w = network.input.height, network.input.width
     stem = network.stem
     h, w = conv_out(h, stem.kernel, stem.stride), conv_out(w, stem.kernel, stem.stride)
     stem_out = (h, w, round_channels(stem.channels, m))

@@ -6,7 +6,7 @@ by position. The pass returns the network unchanged when it is valid.
 
 from __future__ import annotations
 
-from spnas_dsl.errors import SpnasError, SpnasErrors, SpnasValidationError, Span
+from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasValidationError
 from spnas_dsl.ir import EXPANSIONS, KERNEL_SIZES, STRIDES, Network
 from spnas_dsl.shapes import total_stride
 
