@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             if code != 0:
                 raise SystemExit(f"spnasc lut build failed for {name} ({code}); see {log}")
             builds[name] = secs
-        plot = work / f"{name}-fig7.png"
+        plot = plot_path(name, a.no_write, work)
         args = ["lut", "validate", str(path), "--target", TARGET, *table_args, "--samples", str(samples),
                 "--processes", str(processes), "--rounds", str(rounds), "--plot", str(plot), "--json"]
         print(f"[{name}] spnasc " + " ".join(args[:2] + [str(path.relative_to(R.REPO))] + args[3:]))
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         extra.append(f"`{name}`: table `{_rel(rep['table'])}`"
                      + (f" (built by this run in {builds[name]:.0f} s)" if name in builds else "")
                      + f", stored calibration {cal.get('scale', 1):.4f} x sum {cal.get('offset_ms', 0):+.4f} ms "
-                       f"fitted {cal.get('date')}; validation {rep['seconds']:.0f} s; scatter plot (Fig. 7) "
-                       f"`{_rel(str(work / (name + '-fig7.png')))}`")
+                       f"fitted {cal.get('date')}; validation {rep['seconds']:.0f} s; scatter plot (Fig. 7): "
+                       + _plot_link(plot_path(name, a.no_write, work)))
     for name, rep in reports.items():
         cal = rep.get("calibration_networks") or []
         ratios = sorted(c["measured_ms"] / c["stored_ms"] for c in cal if c.get("stored_ms"))
@@ -150,6 +150,19 @@ def main(argv: list[str] | None = None) -> None:
                             R.command_line("benchmarks.runtime_model", argv), a.threads, extra)
     body += "\n" + table + "\n\n" + NOTES
     R.publish("runtime_model", body, a.no_write)
+
+
+def plot_path(name: str, no_write: bool, work: Path) -> Path:
+    """Where the Fig. 7 scatter plot of a space goes: beside docs/results.md when the run writes
+    its section (the page shows the plot it describes), else the work folder."""
+    return work / f"{name}-fig7.png" if no_write else R.REPO / "docs" / "img" / f"fig7_{name}_{TARGET}.png"
+
+
+def _plot_link(path: Path) -> str:
+    try:
+        return f"[{path.name}](img/{path.relative_to(R.REPO / 'docs' / 'img')})"
+    except ValueError:
+        return f"`{_rel(str(path))}`"
 
 
 def _rel(path: str) -> str:
