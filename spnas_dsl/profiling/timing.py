@@ -6,14 +6,15 @@ One *worker process* loads every model once and visits them round-robin, ``round
 in a freshly shuffled order each round, so that slow phases of the machine (another job
 starting, a frequency change) are spread over all models instead of landing on a few.
 A model's figure in one process is the p10 of its timed runs (or the median of its visit
-medians); the reported figure is the median over ``processes`` worker processes.
+medians); the reported figure is the smallest over ``processes`` worker processes (or
+their median; see ``TimingConfig.across``).
 The spread reported is p10/p90 of every individual timed run.
 
 Why short visits and many rounds (the defaults): on a shared virtual machine a CPU switches
-between a fast and a ~1.45x slower state (presumably a busy neighbour on its physical core) every
-few tenths of a second to a few seconds. With long visits (10 runs; 2 rounds in each of 6 processes) a model's
-samples fell into a few such phases and the same 12 networks differed by 6 % on average
-(29 % at most) between two measuring runs; visits of 3 runs over 20 rounds spread every
+between a fast and a ~1.45x slower state (presumably a busy neighbour on its physical
+core) every few tenths of a second to a few seconds. With long visits (10 runs; 2 rounds in
+each of 6 processes) a model's samples fell into a few such phases and the same 12 networks
+differed by 6 % on average (29 % at most) between two measuring runs; visits of 3 runs over 20 rounds spread every
 model over many phases, and the same test gave 0.5 % (1.6 % at most), in less time.
 The phases last long enough that a process timing tiny models (0.1 ms networks) for a third
 of a second sat in one phase (its figure 1.55x another process's): ``min_seconds`` makes
