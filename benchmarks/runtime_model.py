@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     work = R.RUNS / "runtime_model"
     work.mkdir(parents=True, exist_ok=True)
 
-    reports, builds = {}, {}
+    reports, builds, plots = {}, {}, {}
     for name in a.spaces:
         path, table = SPACES[name]
         table_args = ["--table", str(table)] if table is not None else []
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             if code != 0:
                 raise SystemExit(f"spnasc lut build failed for {name} ({code}); see {log}")
             builds[name] = secs
-        plot = plot_path(name, a.no_write, work)
+        plot = plots[name] = plot_path(name, a.no_write, work)
         args = ["lut", "validate", str(path), "--target", TARGET, *table_args, "--samples", str(samples),
                 "--processes", str(processes), "--rounds", str(rounds), "--plot", str(plot), "--json"]
         print(f"[{name}] spnasc " + " ".join(args[:2] + [str(path.relative_to(R.REPO))] + args[3:]))
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                      + (f" (built by this run in {builds[name]:.0f} s)" if name in builds else "")
                      + f", stored calibration {cal.get('scale', 1):.4f} x sum {cal.get('offset_ms', 0):+.4f} ms "
                        f"fitted {cal.get('date')}; validation {rep['seconds']:.0f} s; scatter plot (Fig. 7): "
-                       + _plot_link(plot_path(name, a.no_write, work)))
+                       + _plot_link(plots[name]))
     for name, rep in reports.items():
         cal = rep.get("calibration_networks") or []
         ratios = sorted(c["measured_ms"] / c["stored_ms"] for c in cal if c.get("stored_ms"))

@@ -352,6 +352,25 @@ def test_param_groups_keep_bn_bias_and_thresholds_out_of_weight_decay():
     assert groups["decay"]["rule"] == "rmsprop_tf"
 
 
+def test_rmsprop_tf_resumes_a_checkpoint_saved_before_groups_had_a_rule():
+    import torch
+
+    from spnas_dsl.training.recipe import RMSpropTF
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = RMSpropTF([w], lr=0.1)
+    w.grad = torch.ones(2)
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["rule"]  # the optimizer's state as the earlier RMSpropTF wrote it
+    again = RMSpropTF([w], lr=0.1)
+    again.load_state_dict(saved)
+    before = w.detach().clone()
+    again.step()
+    assert again.param_groups[0]["rule"] == "rmsprop_tf" and not torch.equal(before, w.detach())
+
+
 def test_rmsprop_tf_first_step_and_schedule():
     import torch
 

@@ -73,46 +73,6 @@ class Recipe:
         return asdict(self) | {"base_lr": self.base_lr}
 
 
-class RMSpropTF(torch.optim.Optimizer):
-    """RMSProp as TensorFlow 1 (``tf.train.RMSPropOptimizer``) computes it:
-
-        ms  = decay * ms + (1 - decay) * g^2          (ms starts at 1, not 0)
-        mom = momentum * mom + lr * g / sqrt(ms + eps)
-        w  -= mom
-
-    ``weight_decay`` adds ``wd * w`` to the gradient (the official code's L2 loss term).
-    PyTorch's ``RMSprop`` differs (ms from 0, eps outside the root), which makes the first
-    steps several times larger; the official recipe's hyper-parameters assume this form.
-    """
-
-    def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if not state:
-                    state["square_avg"] = torch.ones_like(p)
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                ms, buf = state["square_avg"], state["momentum_buffer"]
-                ms.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
-                buf.mul_(group["momentum"]).addcdiv_(grad, ms.add(group["eps"]).sqrt_(), value=group["lr"])
-                p.sub_(buf)
-        return loss
-
-
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
     """BatchNorm parameters, biases and scalars (thresholds) get no weight decay."""
     return param.ndim <= 1 or name.endswith(".bias") or "threshold" in name.rsplit(".", 1)[-1]
@@ -160,6 +120,11 @@ class MultiRuleOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "rule": rule, "alpha": alpha, "eps": eps, "momentum": momentum,
                                   "weight_decay": weight_decay})
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups saved by RMSpropTF before it was one of these
+            group.setdefault("rule", self.defaults["rule"])
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -189,6 +154,25 @@ class MultiRuleOptimizer(torch.optim.Optimizer):
                 buf.mul_(momentum).addcdiv_(grad, denom, value=lr)
                 p.sub_(buf)
         return loss
+
+
+class RMSpropTF(MultiRuleOptimizer):
+    """RMSProp as TensorFlow 1 (``tf.train.RMSPropOptimizer``) computes it:
+
+        ms  = decay * ms + (1 - decay) * g^2          (ms starts at 1, not 0)
+        mom = momentum * mom + lr * g / sqrt(ms + eps)
+        w  -= mom
+
+    ``weight_decay`` adds ``wd * w`` to the gradient (the official code's L2 loss term).
+    PyTorch's ``RMSprop`` differs (ms from 0, eps outside the root), which makes the first
+    steps several times larger; the official recipe's hyper-parameters assume this form.
+    The update is :class:`MultiRuleOptimizer`'s ``"rmsprop_tf"`` rule for every group.
+    """
+
+    def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, rule="rmsprop_tf", alpha=alpha, eps=eps, momentum=momentum,
+                         weight_decay=weight_decay)
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, extra_no_decay: set[int] | None = None,
