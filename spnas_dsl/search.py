@@ -18,8 +18,12 @@ The recipe (paper Sec. 3-4 and the official code, scaled to the run's length):
    the fixed parts included), no indicator dropout. One optimizer moves the weights and the
    thresholds together; a decision flips when a threshold passes its weight-subset norm.
    ``lambda`` is fixed (``--lambda``) or steered to ``--latency-budget`` (see
-   :class:`LambdaController`), with a final :func:`repair_to_budget` if the decisions end over it.
-3. The decisions read off the hard indicators give the network, written as ``arch.spnas``.
+   :class:`LambdaController`).
+3. The network: ``--method paper`` reads it off the hard indicators (the thresholds' answer);
+   with a budget, :func:`spnas_dsl.budget.fit_to_budget` then moves it into
+   ``[budget_floor * budget, budget]`` both ways. ``--method evolution`` (default) starts there and
+   scores networks of the band with the supernet's inherited weights (:mod:`spnas_dsl.selection`).
+   The network is written as ``arch.spnas``.
 
 Scale of lambda: as the official code, the log term is scaled by 1e3: the loss is
 ``CE + lambda * 1000 * ln(R_ms)``, so lambda values read as the paper's (0.020 gave its
@@ -52,13 +56,15 @@ import torch
 
 from spnas_dsl.errors import CheckpointError, SpnasError, UsageError
 from spnas_dsl.io import atomic_write_text
-from spnas_dsl.ir import SKIP, Layer, Network, Option
+from spnas_dsl.budget import DEFAULT_FLOOR, BudgetFit, fit_to_budget, network_of
+from spnas_dsl.ir import Network
 
 CHECKPOINT = "checkpoint.pt"
 BN_RECALIBRATION_BATCHES = 20
 OFFICIAL_WARMUP_FRACTION = 6255 / 10008  # official code: 6255 warm-up steps of 10008
 DEFAULT_LAMBDA = 0.02  # the paper's network (Fig. 5)
 LATENCY_LOSS_SCALE = 1e3  # the official code's factor on lambda * ln(R_ms)
+METHODS = ("evolution", "paper")
 
 
 class SearchDiverged(SpnasError):
@@ -99,6 +105,13 @@ class SearchConfig:
     checkpoint_every: int = 100  # steps between mid-epoch checkpoints
     control_every: int = 1  # steps between lambda-controller updates (with a budget)
     control_gain: float = 0.2
+    # How the network is read off the trained supernet (docs/search.md, "Methods"): "paper" = the
+    # thresholds' decisions (fitted into the budget band); "evolution" = from there, a constrained
+    # evolutionary search scored by the supernet's held-out accuracy with inherited weights.
+    method: str = "evolution"
+    budget_floor: float = DEFAULT_FLOOR  # the written network is at least floor * budget
+    evaluations: int = 48  # networks the evolution scores
+    selection_images: int = 2000  # held-out images each candidate is scored on
     space_text: str = ""  # the space's source, so --resume does not depend on the file
 
     @property
@@ -130,6 +143,12 @@ class SearchConfig:
             raise UsageError(f"--latency-budget must be a positive number of ms, got {self.latency_budget}")
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size must be >= 8, got {self.image_size}")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown --method '{self.method}'; known: {', '.join(METHODS)}")
+        if not 0 < self.budget_floor <= 1:
+            raise UsageError(f"--budget-floor must be in (0, 1], got {self.budget_floor}")
+        if self.evaluations < 1:
+            raise UsageError(f"--evaluations must be >= 1, got {self.evaluations}")
         if not 0 < self.dropout_keep <= 1:
             raise UsageError(f"indicator keep probability must be in (0, 1], got {self.dropout_keep}")
 
@@ -181,84 +200,6 @@ class LambdaController:
 
 
 # ---------------------------------------------------------------------------------------------
-# Decisions -> network; the budget repair.
-
-def network_of(space: Network, decisions: dict[int, Option]) -> Network:
-    """The concrete network of ``space`` with each searched layer set to its decision."""
-    from spnas_dsl.shapes import infer_shapes
-
-    layers = [Layer.from_option(decisions[s.index], span=s.layer.span) if s.index in decisions else s.layer
-              for s in infer_shapes(space).layers]
-    return space.replace_layers(layers)
-
-
-@dataclass
-class RepairMove:
-    index: int
-    before: str
-    after: str
-    decision: str
-    saved_ms: float
-    margin: float
-
-    def __str__(self) -> str:
-        return f"layer {self.index} {self.before}->{self.after} (-{self.saved_ms:.2f} ms)"
-
-
-def _downgrades(layer: Layer, option: Option) -> list[tuple[Option, str]]:
-    """One-decision-smaller options of ``option``: (new option, the decision turned off)."""
-    if option.is_skip:
-        return []
-    moves = []
-    ks = sorted(layer.kernel.values) if layer.kernel else []
-    es = sorted(layer.expansion.values) if layer.expansion else []
-    if option.kernel in ks and ks.index(option.kernel) > 0:
-        moves.append((Option(kernel=ks[ks.index(option.kernel) - 1], expansion=option.expansion), f"k{option.kernel}"))
-    if option.expansion in es and es.index(option.expansion) > 0:
-        moves.append((Option(kernel=option.kernel, expansion=es[es.index(option.expansion) - 1]), f"e{option.expansion}"))
-    if layer.skip:
-        moves.append((SKIP, "skip"))
-    return moves
-
-
-def repair_to_budget(space: Network, graph, decisions: dict[int, Option], report: list[dict],
-                     budget: float) -> tuple[dict[int, Option], list[RepairMove]]:
-    """Greedy downgrades until the predicted latency is at or under ``budget`` ms.
-
-    Each candidate move turns one decision off in one layer (the outermost kernel shell, the
-    last channel group, or the whole layer where skip is allowed). Its cost is how firmly the
-    search kept that decision on: the margin ``norm - threshold`` of the decision (floored at
-    1e-6); its gain the latency it saves. The move with the most ms saved per unit of margin
-    is applied, and the search repeats until under budget (always possible: the budget is
-    checked against the fastest network of the space before the search starts).
-    """
-    from spnas_dsl.shapes import infer_shapes
-
-    layers = {s.index: s.layer for s in infer_shapes(space).layers}
-    margins = {r["index"]: {name: d["norm"] - d["threshold"] for name, d in r["decisions"].items()} for r in report}
-    decisions = dict(decisions)
-    moves: list[RepairMove] = []
-    while graph.predict(network_of(space, decisions)) > budget + 1e-9:
-        best: tuple[float, RepairMove, Option] | None = None
-        for index, option in sorted(decisions.items()):
-            current = graph.option_latency(index, option)
-            for new, decision in _downgrades(layers[index], option):
-                saved = current - graph.option_latency(index, new)
-                if saved <= 0:
-                    continue
-                margin = max(margins.get(index, {}).get(decision, 0.0), 1e-6)
-                score = saved / margin
-                if best is None or score > best[0]:
-                    best = (score, RepairMove(index, str(option), str(new), decision, saved, margin), new)
-        if best is None:  # nothing left to downgrade (cannot happen when budget >= min_ms)
-            break
-        _, move, new = best
-        decisions[move.index] = new
-        moves.append(move)
-    return decisions, moves
-
-
-# ---------------------------------------------------------------------------------------------
 # What the history records about the supernet.
 
 @torch.no_grad()
@@ -298,7 +239,8 @@ class SearchResult:
     accuracy: float
     out_dir: Path
     lambda_final: float
-    repair: list[RepairMove] = field(default_factory=list)
+    budget_fit: BudgetFit | None = None
+    selection: Any = None  # selection.SelectionResult with --method evolution
 
 
 def default_out_dir(space_path: str, target: str) -> Path:
@@ -353,6 +295,9 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         if cfg.image_size is None and space.input.height != space.input.width:
             raise UsageError(f"the space's input is {space.input} (not square): pass --image-size")
         image_size = cfg.image_size or space.input.height
+        from spnas_dsl.proxy import coverage_message, kernel_decision_coverage
+
+        coverage = kernel_decision_coverage(space, image_size)  # decisions the data cannot inform at this size
         if cfg.batch_size % info.world_size:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world_size} processes")
         per_rank_batch = cfg.batch_size // info.world_size
@@ -442,6 +387,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                     "data": data.description, "image_size": image_size, "declared_input": str(space.input),
                     "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "total_steps": total_steps,
                     "latency_range_ms": [min_ms, max_ms], "recipe": recipe.to_dict(), "world_size": info.world_size,
+                    "kernel_decisions_not_informed": [c.to_dict() for c in coverage],
                     "history": history, "result": result,
                 }, indent=1))
 
@@ -454,6 +400,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             f"{f' ({per_rank_batch} per process x {info.world_size})' if info.enabled else ''}, {recipe.optimizer} "
             f"lr {recipe.base_lr:g}, " + (f"latency budget {cfg.latency_budget:g} ms" if cfg.latency_budget is not None
                                           else f"lambda {cfg.lambda_value:g}") + f", device {info.device}; output: {out}")
+        if coverage:
+            say(coverage_message(space, image_size, coverage))
         if resume is not None:
             say(f"resuming at step {step} of {total_steps}")
 
@@ -543,27 +491,42 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         progress.close()
 
         # -- the result -----------------------------------------------------------------------------
-        decisions = supernet.decisions()
+        answer = supernet.decisions()  # the thresholds' answer (the paper's network)
         report = supernet.decision_report()
         accuracy = history["epochs"][-1]["val_acc"] if history["epochs"] else float("nan")
-        moves: list[RepairMove] = []
+        fit: BudgetFit | None = None
+        decisions = answer
         if cfg.latency_budget is not None:
-            decisions, moves = repair_to_budget(space, graph, decisions, report, cfg.latency_budget)
-            if moves:  # the repaired network's accuracy with the supernet's weights (no fine-tuning)
-                supernet.select(decisions)
-                accuracy, _ = evaluate_supernet(supernet, data, cfg, info, per_rank_batch, cfg.epochs)
+            fit = fit_to_budget(space, graph, answer, report, cfg.latency_budget, cfg.budget_floor)
+            decisions = fit.decisions
+        selection = None
+        if cfg.method == "evolution":
+            selection = select_network(supernet, space, graph, data, cfg, info, per_rank_batch, decisions, fit,
+                                       progress.log)
+            decisions = selection.best.decisions
+            accuracy = selection.best.accuracy
+        elif decisions != answer:  # the fitted network's accuracy with the supernet's weights (no fine-tuning)
+            supernet.select(decisions)
+            accuracy, _ = evaluate_supernet(supernet, data, cfg, info, per_rank_batch, cfg.epochs)
         derived = network_of(space, decisions)
         derived = derived.model_copy(update={"comments": _body_comments(space)})
         latency = graph.predict(derived)
         lam_final = controller.value(False)
         header = _header(cfg, space, target, data.description, image_size, latency, min_ms, max_ms, accuracy,
-                         lam_final, moves, sizes.architectures, data.num_classes)
+                         lam_final, fit, selection, sizes.architectures, data.num_classes, coverage)
         text = format_network(derived, header=header)
         if parse_text(text, "arch.spnas") != derived:  # the written file must mean the derived network
             raise SpnasError("internal error: the derived network does not print back to itself")
         result = {"arch": text, "latency_ms": latency, "accuracy": accuracy, "lambda_final": lam_final,
                   "decisions": {str(i): str(o) for i, o in decisions.items()},
-                  "repair": [asdict(m) for m in moves], "seconds": time.monotonic() - start_time}
+                  "method": cfg.method,
+                  "thresholds_answer": {str(i): str(o) for i, o in answer.items()},
+                  "budget_fit": None if fit is None else {
+                      "in_band": fit.in_band, "band_ms": [fit.floor_ms, fit.budget], "latency_ms": fit.latency_ms,
+                      "note": fit.note, "moves": [asdict(m) for m in fit.moves],
+                      "decisions": {str(i): str(o) for i, o in fit.decisions.items()}},
+                  "selection": None if selection is None else selection.to_dict(),
+                  "seconds": time.monotonic() - start_time}
         if info.is_main:
             write_json(result)
             from spnas_dsl.search_plots import make_plots
@@ -571,7 +534,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             make_plots(json.loads((out / "search.json").read_text()), out)
             atomic_write_text(out / "arch.spnas", text)  # last: only a finished search has one
             writer.close()
-        return SearchResult(derived, text, latency, accuracy, out, lam_final, moves) if info.is_main else None
+        return SearchResult(derived, text, latency, accuracy, out, lam_final, fit, selection) if info.is_main else None
     finally:
         training.teardown()
 
@@ -641,27 +604,82 @@ def _body_comments(space: Network):
 
 
 def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_size: int, latency: float,
-            min_ms: float, max_ms: float, accuracy: float, lam: float, moves: list[RepairMove],
-            architectures: int, num_classes: int) -> list[str]:
+            min_ms: float, max_ms: float, accuracy: float, lam: float, fit: BudgetFit | None, selection,
+            architectures: int, num_classes: int, coverage: list) -> list[str]:
     declared = f"{space.input.height}x{space.input.width}"
     proxy = (f"{image_size}x{image_size} (proxy: trained at this size, latency priced at the declared "
              f"{space.input})") if image_size != space.input.height or image_size != space.input.width else \
         f"{declared} (the declared input)"
     if cfg.latency_budget is not None:
-        steer = (f"latency budget: {cfg.latency_budget:g} ms (lambda steered after the warm-up, final {lam:.4g}); "
-                 + (f"repair: {', '.join(str(m) for m in moves)}" if moves else "no repair needed"))
+        steer = f"latency budget: {cfg.latency_budget:g} ms (lambda steered after the warm-up, final {lam:.4g})"
     else:
         steer = f"lambda: {lam:g} (loss = CE + lambda * 1000 * ln(latency_ms))"
-    return [
+    lines = [
         f"Found by spnasc search (Single-Path NAS) in '{space.name}' ({cfg.space}, {architectures:.4g} networks)",
         f"target: {target.name} ({target.spec.what})",
         f"predicted latency: {latency:.2f} ms on {target.name} (space: {min_ms:.2f} .. {max_ms:.2f} ms)",
         steer,
+    ]
+    if fit is not None:
+        lines.append(fit.describe())
+    if selection is not None:
+        lines.append(f"method: evolution ({len(selection.scored)} networks in the band scored by the supernet's "
+                     f"held-out accuracy; the thresholds' answer scored {selection.answer.accuracy:.2%})")
+    else:
+        lines.append("method: paper (the thresholds' decisions)")
+    lines += [
         f"seed: {cfg.seed}",
         f"data: {data_desc}" + (f" (classifier trained for its {num_classes} classes; the network keeps "
                                 f"the declared {space.classes})" if num_classes != space.classes else ""),
         f"image size: {proxy}",
+    ]
+    if coverage:
+        un = [f"{c.index}:{c.decision}" for c in coverage if c.level == "uninformed"]
+        part = [f"{c.index}:{c.decision}" for c in coverage if c.level == "partial"]
+        lines.append("kernel decisions not informed by the data at this size: "
+                     + (f"uninformed {' '.join(un)}" if un else "") + ("; " if un and part else "")
+                     + (f"partial {' '.join(part)}" if part else ""))
+    lines += [
         (f"epochs: {cfg.epochs} ({cfg.warmup:g} warm-up with lambda 0 and indicator keep probability "
          f"{cfg.dropout_keep:g}), batch {cfg.batch_size}, {cfg.optimizer}"),
-        f"held-out accuracy of the supernet: {accuracy:.2%}" + (" (after the repair, no fine-tuning)" if moves else ""),
+        f"held-out accuracy of the supernet at this network: {accuracy:.2%} (inherited weights, no fine-tuning)",
     ]
+    return lines
+
+
+def select_network(supernet, space: Network, graph, data, cfg: SearchConfig, info, batch: int, start: dict,
+                   fit: BudgetFit | None, log):
+    """``--method evolution``: the best network of the band by the supernet's held-out accuracy.
+
+    The band is the budget's (``[floor * budget, budget]``) or, without a budget, the same
+    width under the latency of ``start``. Every candidate is scored on the same
+    ``BN_RECALIBRATION_BATCHES`` training batches (BN re-estimation) and the same
+    ``selection_images`` held-out images.
+    """
+    from spnas_dsl.data import Batches
+    from spnas_dsl.selection import EvolutionSettings, Pricer, SupernetScorer, evolve
+    from spnas_dsl.training.distributed import all_reduce_sum
+
+    pricer = Pricer(space, graph)
+    if fit is not None and fit.in_band:
+        lo, hi = fit.floor_ms, fit.budget
+    else:
+        hi = pricer(start)
+        lo = cfg.budget_floor * hi
+    fmt = torch.channels_last if info.device.type == "cpu" else None
+    calib = list(Batches(data.train, batch, shuffle=True, seed=cfg.seed + 2, epoch=0, rank=info.rank,
+                         world=info.world_size, drop_last=True, num_workers=0, device=info.device,
+                         memory_format=fmt))[:BN_RECALIBRATION_BATCHES]
+    val = data.val
+    if len(val) > cfg.selection_images:
+        from spnas_dsl.data import subset_indices
+
+        val = val.subset(subset_indices(len(val), cfg.selection_images, cfg.seed + 3))
+    held_out = list(Batches(val, batch, rank=info.rank, world=info.world_size, num_workers=0, device=info.device,
+                            memory_format=fmt))
+    scorer = SupernetScorer(supernet, calib, held_out,
+                            all_reduce=(lambda v: all_reduce_sum(v, info)) if info.enabled else None)
+    settings = EvolutionSettings(evaluations=cfg.evaluations)
+    log(f"selection: evolution in {lo:.4g} .. {hi:.4g} ms, {cfg.evaluations} networks, "
+        f"{sum(len(y) for _, y in held_out)} held-out images per network (per process)")
+    return evolve(start, pricer, scorer, lo, hi, settings, seed=cfg.seed, log=log)

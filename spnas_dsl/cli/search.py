@@ -10,7 +10,8 @@ _RESULT_OPTIONS = {
     "lambda_": "lambda_", "latency_budget": "latency_budget", "batch_size": "batch_size", "lr": "lr",
     "optimizer": "optimizer", "image_size": "image_size", "subset": "subset", "val_subset": "val_subset",
     "val_fraction": "val_fraction", "seed": "seed", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
-    "threshold_travel": "threshold_travel",
+    "threshold_travel": "threshold_travel", "method": "method", "budget_floor": "budget_floor",
+    "evaluations": "evaluations",
 }
 
 
@@ -36,6 +37,14 @@ def register(sub) -> None:
                    help="latency weight: loss = CE + L * 1000 * ln(latency_ms), the official scaling (default 0.02)")
     g.add_argument("--latency-budget", type=float, metavar="MS",
                    help="steer lambda so the found network's predicted latency is at most MS")
+    p.add_argument("--method", choices=["evolution", "paper"],
+                   help="how the network is read off the trained supernet: 'paper' = the thresholds' decisions "
+                   "(the paper's recipe); 'evolution' (default) = from there, an evolutionary search of the budget "
+                   "band scored by the supernet's held-out accuracy (docs/search.md)")
+    p.add_argument("--budget-floor", type=float, metavar="F",
+                   help="with --latency-budget: the written network is at least F * MS (default 0.98)")
+    p.add_argument("--evaluations", type=int, metavar="N",
+                   help="--method evolution: networks scored with inherited weights (default 48)")
     p.add_argument("--batch-size", type=int, metavar="B", help="global batch size (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.016 * B / 256 for rmsprop, 0.1 * B / 256 for sgd)")
     p.add_argument("--optimizer", choices=["rmsprop", "sgd"],

@@ -1,0 +1,205 @@
+"""Selecting the network after the supernet is trained: evolution with inherited weights.
+
+The paper reads the network off the thresholds (``--method paper``). ``--method evolution``
+starts there and then looks around it: candidate networks inside the latency band are scored
+by the held-out accuracy of the trained supernet at their decisions (weights inherited, no
+training; BatchNorm statistics re-estimated for each candidate, because the supernet's running
+statistics mix every sub-network it trained), and a small constrained evolutionary search
+(after SPOS, Guo et al. 2020) keeps the best, breeds them by uniform crossover and per-layer
+mutation, and rejects every child outside the band, priced exactly by the latency graph.
+
+Every candidate is scored on the same calibration batches and the same held-out images, so
+differences between candidates are paired (the images' noise is shared). The score is the
+accuracy, ties broken by the lower cross-entropy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from spnas_dsl.ir import Network, Option
+from spnas_dsl.shapes import infer_shapes
+
+Decisions = dict[int, Option]
+
+
+@dataclass
+class EvolutionSettings:
+    """How many networks the selection scores and how it breeds them."""
+
+    evaluations: int = 48  # networks scored (the thresholds' answer and the initial population included)
+    population: int = 12
+    parents: int = 4  # the best networks kept each generation
+    mutation: float = 0.2  # per-layer probability of a new random option
+    tries: int = 2000  # draws to find one child inside the band
+
+
+@dataclass
+class Scored:
+    decisions: Decisions
+    accuracy: float
+    ce: float
+    latency_ms: float
+    origin: str  # answer | random | mutation | crossover
+
+    @property
+    def key(self) -> tuple[float, float]:
+        return (self.accuracy, -self.ce)
+
+    def to_dict(self) -> dict:
+        return {"decisions": {str(i): str(o) for i, o in sorted(self.decisions.items())}, "accuracy": self.accuracy,
+                "ce": self.ce, "latency_ms": self.latency_ms, "origin": self.origin}
+
+
+@dataclass
+class SelectionResult:
+    best: Scored
+    answer: Scored  # the network the selection started from, scored the same way
+    scored: list[Scored] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"best": self.best.to_dict(), "start": self.answer.to_dict(), "evaluations": len(self.scored),
+                "seconds": self.seconds, "scored": [s.to_dict() for s in self.scored]}
+
+
+class Pricer:
+    """Exact predicted latency of a decision set, fast (per-option table figures cached)."""
+
+    def __init__(self, space: Network, graph):
+        self.graph = graph
+        self.options = {s.index: list(s.layer.options) for s in infer_shapes(space).layers if s.layer.is_searched}
+        self.ms = {i: {o: graph.option_latency(i, o) for o in opts} for i, opts in self.options.items()}
+        self.fixed = graph.fixed_ms
+
+    def __call__(self, decisions: Decisions) -> float:
+        return float(self.graph.calibrate(self.fixed + sum(self.ms[i][o] for i, o in decisions.items())))
+
+
+class SupernetScorer:
+    """Held-out accuracy of a trained supernet at given decisions (inherited weights, BN re-estimated)."""
+
+    def __init__(self, supernet, calibration: list[tuple[torch.Tensor, torch.Tensor]],
+                 held_out: list[tuple[torch.Tensor, torch.Tensor]], all_reduce: Callable | None = None):
+        import copy
+
+        self.probe = copy.deepcopy(supernet)
+        self.probe.set_indicator_dropout(0.0)
+        self.calibration = calibration
+        self.held_out = held_out
+        self.all_reduce = all_reduce
+
+    @torch.no_grad()
+    def __call__(self, decisions: Decisions) -> tuple[float, float]:
+        from spnas_dsl.training import recalibrate_batchnorm
+
+        self.probe.select(decisions)
+        recalibrate_batchnorm(self.probe, self.calibration, len(self.calibration))
+        correct = total = ce = 0.0
+        for x, y in self.held_out:
+            logits = self.probe(x).logits
+            ce += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+            total += len(y)
+        if self.all_reduce is not None:
+            correct, total, ce = self.all_reduce([correct, total, ce])
+        return correct / max(total, 1), ce / max(total, 1)
+
+
+def evolve(start: Decisions, pricer: Pricer, score: Callable[[Decisions], tuple[float, float]], lo: float, hi: float,
+           settings: EvolutionSettings, seed: int, log: Callable[[str], None] = lambda _: None) -> SelectionResult:
+    """Constrained evolutionary selection inside ``lo <= latency <= hi`` starting from ``start``.
+
+    ``start`` (the thresholds' answer, already fitted to the band) is scored first; the first
+    population is mutations of it and uniform random networks of the band; each generation keeps
+    the ``parents`` best scored networks and breeds the next population from them.
+    """
+    import time
+
+    started = time.monotonic()
+    rng = random.Random(seed)
+    layers = sorted(pricer.options)
+    cache: dict[tuple, Scored] = {}
+    order: list[Scored] = []
+
+    def key(d: Decisions) -> tuple:
+        return tuple(str(d[i]) for i in layers)
+
+    def in_band(d: Decisions) -> bool:
+        return lo - 1e-9 <= pricer(d) <= hi + 1e-9
+
+    def evaluate(d: Decisions, origin: str) -> Scored | None:
+        k = key(d)
+        if k in cache:
+            return None
+        acc, ce = score(d)
+        s = Scored(dict(d), acc, ce, pricer(d), origin)
+        cache[k] = s
+        order.append(s)
+        return s
+
+    def draw(make: Callable[[], Decisions]) -> Decisions | None:
+        for _ in range(settings.tries):
+            d = make()
+            if key(d) not in cache and in_band(d):
+                return d
+        return None
+
+    def mutate(parent: Decisions) -> Decisions:
+        child = dict(parent)
+        for i in layers:
+            if rng.random() < settings.mutation:
+                child[i] = rng.choice(pricer.options[i])
+        return child
+
+    def crossover(a: Decisions, b: Decisions) -> Decisions:
+        return {i: (a if rng.random() < 0.5 else b)[i] for i in layers}
+
+    def uniform() -> Decisions:
+        return {i: rng.choice(pricer.options[i]) for i in layers}
+
+    answer = evaluate(start, "answer")
+    assert answer is not None
+    log(f"selection: start {_fmt(start, layers)} at {answer.latency_ms:.4g} ms: held-out acc {answer.accuracy:.2%}")
+    budget = max(settings.evaluations, 1)
+    # first population: half around the answer, half uniform in the band
+    for n in range(settings.population - 1):
+        if len(order) >= budget:
+            break
+        make = (lambda: mutate(start)) if n % 2 == 0 else uniform
+        d = draw(make)
+        if d is not None:
+            evaluate(d, "mutation" if n % 2 == 0 else "random")
+    generation = 0
+    while len(order) < budget:
+        generation += 1
+        parents = sorted(order, key=lambda s: s.key, reverse=True)[:settings.parents]
+        made = 0
+        for n in range(settings.population):
+            if len(order) >= budget:
+                break
+            if n % 2 == 0 or len(parents) < 2:
+                d = draw(lambda: mutate(rng.choice(parents).decisions))
+                origin = "mutation"
+            else:
+                a, b = rng.sample(parents, 2)
+                d = draw(lambda a=a, b=b: mutate(crossover(a.decisions, b.decisions)) if rng.random() < 0.5
+                         else crossover(a.decisions, b.decisions))
+                origin = "crossover"
+            if d is not None and evaluate(d, origin) is not None:
+                made += 1
+        best = max(order, key=lambda s: s.key)
+        log(f"selection: generation {generation}, {len(order)} scored, best {_fmt(best.decisions, layers)} "
+            f"{best.accuracy:.2%} at {best.latency_ms:.4g} ms")
+        if made == 0:  # the band holds no network not yet scored near the parents
+            break
+    best = max(order, key=lambda s: s.key)
+    return SelectionResult(best, answer, order, time.monotonic() - started)
+
+
+def _fmt(d: Decisions, layers: list[int]) -> str:
+    return " ".join(str(d[i]) for i in layers)
