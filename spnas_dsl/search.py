@@ -617,7 +617,7 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
     lines = [
         f"Found by spnasc search (Single-Path NAS) in '{space.name}' ({cfg.space}, {architectures:.4g} networks)",
         f"target: {target.name} ({target.spec.what})",
-        f"predicted latency: {latency:.2f} ms on {target.name} (space: {min_ms:.2f} .. {max_ms:.2f} ms)",
+        f"predicted latency: {_ms(latency)} ms on {target.name} (space: {_ms(min_ms)} .. {_ms(max_ms)} ms)",
         steer,
     ]
     if fit is not None:
@@ -683,3 +683,8 @@ def select_network(supernet, space: Network, graph, data, cfg: SearchConfig, inf
     log(f"selection: evolution in {lo:.4g} .. {hi:.4g} ms, {cfg.evaluations} networks, "
         f"{sum(len(y) for _, y in held_out)} held-out images per network (per process)")
     return evolve(start, pricer, scorer, lo, hi, settings, seed=cfg.seed, log=log)
+
+
+def _ms(value: float) -> str:
+    """A latency with 2 decimals, or 4 significant digits below 10 ms (host tables are fractions of a ms)."""
+    return f"{value:.2f}" if value >= 10 else f"{value:.4g}"

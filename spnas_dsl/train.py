@@ -74,6 +74,7 @@ class TrainSettings:
     warmup_epochs: float = 0.0       # linear lr warm-up
     image_size: int | None = None    # None: the arch's input size
     subset: int | None = None        # train on this many images (held-out split shrinks too)
+    val_subset: int | None = None    # held-out images (None: all, or max(subset / 5, 1000) with a subset)
     seed: int = 0
     init_from: str | None = None     # a search's output folder
     device: str | None = None        # cpu | cuda | None (CUDA when available)
@@ -273,7 +274,8 @@ def prepare(arch_path: str | Path | None, settings: TrainSettings | None, *, out
     settings.recipe()  # validates optimizer / batch size
 
     data = open_dataset(settings.data, settings.image_size, network.input.channels, data_dir=settings.data_dir,
-                        subset=settings.subset, num_classes=network.classes, seed=settings.seed)
+                        subset=settings.subset, val_subset=settings.val_subset, num_classes=network.classes,
+                        seed=settings.seed)
     training.seed_everything(settings.seed)  # the same initial weights for the same seed
     if state is not None:
         model = lower_to_network(network)

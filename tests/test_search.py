@@ -151,27 +151,6 @@ def test_lambda_controller():
     assert copy.value(False) == steer.value(False)
 
 
-def test_repair_lands_under_the_budget_on_pixel1():
-    """The final repair alone: from the largest network to 80 ms with the Pixel 1 table."""
-    from spnas_dsl.latency.graph import LatencyGraph
-    from spnas_dsl.search import network_of, repair_to_budget
-
-    space = load(MNASNET)
-    graph = LatencyGraph.build(space, "pixel1")
-    decisions = {i: Option(kernel=5, expansion=6) for i in graph.searched()}
-    # margins: later layers' decisions held firmly, early ones weakly
-    report = [{"index": i, "decisions": {"k5": {"norm": 1.0 + i, "threshold": 0.0},
-                                         "e6": {"norm": 1.0 + i, "threshold": 0.0},
-                                         "skip": {"norm": 5.0 + i, "threshold": 0.0}}} for i in decisions]
-    assert graph.predict(network_of(space, decisions)) == pytest.approx(131.46, abs=0.01)
-    repaired, moves = repair_to_budget(space, graph, decisions, report, 80.0)
-    assert graph.predict(network_of(space, repaired)) <= 80.0
-    assert moves and all(m.saved_ms > 0 for m in moves)
-    assert moves[0].index == 1  # the weakest margin per ms saved goes first
-    fastest, _ = repair_to_budget(space, graph, decisions, report, graph.min_ms())
-    assert graph.predict(network_of(space, fastest)) == pytest.approx(graph.min_ms())
-
-
 def test_budget_below_the_fastest_network_is_refused(table, tmp_path, capsys):
     code, _, err = search(FM_SPACE, "--target", table, *TINY, "--latency-budget", "0.5", "--out", tmp_path / "o",
                           capsys=capsys)

@@ -141,7 +141,7 @@ def _run(args) -> int:
     print()
     print(result.text, end="")
     print()
-    print(f"predicted latency: {result.latency_ms:.2f} ms on {cfg.target}"
+    print(f"predicted latency: {result.latency_ms:.4g} ms on {cfg.target}"
           + (f" (budget {cfg.latency_budget:g} ms)" if cfg.latency_budget is not None else ""))
     print(f"held-out accuracy of the supernet: {result.accuracy:.2%}")
     print(f"output: {result.out_dir}/ (arch.spnas, search.json, *.png, tensorboard/, checkpoint.pt)")

@@ -11,7 +11,8 @@ from spnas_dsl.errors import SpnasError
 _VALUE_OPTIONS = [
     ("--data", "data"), ("--data-dir", "data_dir"), ("--epochs", "epochs"), ("--batch-size", "batch_size"),
     ("--lr", "lr"), ("--optimizer", "optimizer"), ("--warmup-epochs", "warmup_epochs"),
-    ("--image-size", "image_size"), ("--subset", "subset"), ("--seed", "seed"), ("--init-from", "init_from"),
+    ("--image-size", "image_size"), ("--subset", "subset"), ("--val-subset", "val_subset"), ("--seed", "seed"),
+    ("--init-from", "init_from"),
     ("--out", "out"), ("--resume", "resume"), ("--device", "device"), ("--checkpoint-minutes", "checkpoint_minutes"),
     ("--bn-recalibrate", "bn_recalibrate"), ("--workers", "workers"),
 ]
@@ -51,6 +52,9 @@ def register(sub) -> None:
                    help="train at S x S (default: the arch's input size; arch.spnas then records SxS)")
     p.add_argument("--subset", type=int, metavar="N", help="train on N images (a seeded random choice); the "
                    "held-out split is cut to max(N/5, 1000) images")
+    p.add_argument("--val-subset", type=int, metavar="N",
+                   help="evaluate on N held-out images (a seeded random choice; default: all of them, or "
+                   "max(subset / 5, 1000) with --subset)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the weights, batch order and subsets (default 0)")
     p.add_argument("--init-from", metavar="SEARCH_DIR",
                    help="start from the weights of a 'spnasc search' output folder's supernet (the arch must be a "
@@ -92,7 +96,8 @@ def _given(args) -> dict:
     return {
         "data": args.data, "data_dir": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "optimizer": args.optimizer, "warmup_epochs": args.warmup_epochs,
-        "image_size": args.image_size, "subset": args.subset, "seed": args.seed, "init_from": args.init_from,
+        "image_size": args.image_size, "subset": args.subset, "val_subset": args.val_subset,
+        "seed": args.seed, "init_from": args.init_from,
         "device": args.device, "quiet": args.quiet, "checkpoint_minutes": args.checkpoint_minutes,
         "bn_recalibrate": args.bn_recalibrate, "workers": args.workers,
     }

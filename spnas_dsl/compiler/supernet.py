@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, mbconv
 from spnas_dsl.compiler.indicators import LayerIndicators
@@ -209,9 +210,14 @@ class SuperMBConv(nn.Module):
             y = self.act1(self.bn1(self.conv_pw(x)))
             y = self.act2(self.bn2(self.conv_dw(y, ind)))  # kernel shells masked on the weight (Eq. 1-2)
             mask = self.conv_dw.channel_mask(ind)
-            if mask is not None:  # channel groups masked after BN + ReLU (Eq. 3-4)
-                y = y * mask.view(1, -1, 1, 1)
-            y = self.bn3(self.conv_pwl(y))
+            if mask is not None:
+                # Channel groups masked after BN + ReLU (Eq. 3-4), folded into the projection's input
+                # channels: conv(y * m, W) == conv(y, W * m) in value and in every gradient, and masking
+                # the (out, in*6) weight is far cheaper than the (batch, in*6, H, W) activation.
+                y = F.conv2d(y, self.conv_pwl.weight * mask.view(1, -1, 1, 1))
+            else:
+                y = self.conv_pwl(y)
+            y = self.bn3(y)
         else:
             y = self.act1(self.bn1(self.conv_dw(x, ind)))
             y = self.bn2(self.conv_pw(y))
