@@ -59,7 +59,7 @@ class BudgetFit:
 
     def describe(self) -> str:
         """One line for the header of ``arch.spnas``."""
-        where = (f"{self.latency_ms:.4g} ms, in the band {self.floor_ms:.4g} .. {self.budget:g} ms"
+        where = (f"{self.latency_ms:.4g} ms, in the band {self.floor_ms:.4g} .. {self.budget:.4g} ms"
                  if self.in_band else f"{self.latency_ms:.4g} ms ({self.note})")
         moves = ", ".join(str(m) for m in self.moves) if self.moves else "none (the thresholds' answer is in the band)"
         return f"budget fit: {where}; moves: {moves}"
@@ -161,3 +161,29 @@ def network_of(space: Network, decisions: dict[int, Option]) -> Network:
               for s in infer_shapes(space).layers]
     return space.replace_layers(layers)
 
+
+
+def latency_percentile(space: Network, graph, percent: float, samples: int = 20_000, seed: int = 0) -> float:
+    """The ``percent``-th percentile (ms) of the predicted latencies of the networks of ``space``
+    (each searched layer's option drawn uniformly; exact over the space when it has at most
+    ``samples`` networks). Makes a budget portable between machines: ``--latency-budget 40%``
+    asks for a network faster than 60 % of the space on whatever machine timed the table."""
+    import itertools
+    import math
+    import random
+
+    from spnas_dsl.selection import Pricer
+
+    pricer = Pricer(space, graph)
+    layers = sorted(pricer.options)
+    total = math.prod(len(pricer.options[i]) for i in layers)
+    if total <= samples:
+        combos = itertools.product(*(pricer.options[i] for i in layers))
+    else:
+        rng = random.Random(seed)
+        combos = (tuple(rng.choice(pricer.options[i]) for i in layers) for _ in range(samples))
+    values = sorted(pricer(dict(zip(layers, c))) for c in combos)
+    position = percent / 100 * (len(values) - 1)
+    low = int(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)

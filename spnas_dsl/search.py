@@ -88,6 +88,7 @@ class SearchConfig:
     warmup_epochs: float | None = None  # None: 5/8 of the epochs (the official ratio)
     lambda_: float | None = None  # None: DEFAULT_LAMBDA, or steered when latency_budget is set
     latency_budget: float | None = None  # ms on the target
+    budget_percentile: float | None = None  # --latency-budget P%: the P-th percentile of the space's latencies
     batch_size: int = 128  # global (over all processes)
     lr: float | None = None  # None: 0.016 * batch / 256 (rmsprop), 0.1 * batch / 256 (sgd)
     optimizer: str = "rmsprop"
@@ -139,6 +140,10 @@ class SearchConfig:
             raise UsageError("--lambda and --latency-budget are alternatives: the budget steers lambda itself")
         if self.lambda_ is not None and self.lambda_ < 0:
             raise UsageError(f"--lambda must be >= 0, got {self.lambda_}")
+        if self.budget_percentile is not None and not 0 < self.budget_percentile < 100:
+            raise UsageError(f"--latency-budget {self.budget_percentile:g}% must be a percentile between 0 and 100")
+        if self.budget_percentile is not None and (self.latency_budget is not None or self.lambda_ is not None):
+            raise UsageError("--latency-budget P% is an alternative to --latency-budget MS and --lambda")
         if self.latency_budget is not None and self.latency_budget <= 0:
             raise UsageError(f"--latency-budget must be a positive number of ms, got {self.latency_budget}")
         if self.image_size is not None and self.image_size < 8:
@@ -289,8 +294,13 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         target = load_target(cfg.target)
         graph = LatencyGraph.build(space, target)  # TargetError when the table cannot price the space
         min_ms, max_ms = graph.min_ms(), graph.max_ms()
-        if cfg.latency_budget is not None and cfg.latency_budget < min_ms - 1e-9:
-            raise UsageError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest network of "
+        budget = cfg.latency_budget
+        if cfg.budget_percentile is not None:  # resolved on this table (deterministic: resume gets the same)
+            from spnas_dsl.budget import latency_percentile
+
+            budget = latency_percentile(space, graph, cfg.budget_percentile)
+        if budget is not None and budget < min_ms - 1e-9:
+            raise UsageError(f"--latency-budget {budget:g} ms is below the fastest network of "
                              f"'{space.name}' on {target.name} ({min_ms:.2f} ms); the space spans {min_ms:.2f} .. {max_ms:.2f} ms")
         if cfg.image_size is None and space.input.height != space.input.width:
             raise UsageError(f"the space's input is {space.input} (not square): pass --image-size")
@@ -342,7 +352,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         optimizer = training.build_optimizer(supernet, recipe, threshold_ids=thresholds)
         scheduler = training.build_scheduler(optimizer, recipe, steps_per_epoch, cfg.epochs)
         criterion = training.loss_function(recipe)
-        controller = LambdaController(cfg.lambda_value, cfg.latency_budget, cfg.control_gain, cfg.control_every)
+        controller = LambdaController(cfg.lambda_value, budget, cfg.control_gain, cfg.control_every)
 
         step = 0
         history: dict[str, list] = {"steps": [], "epochs": [], "init": {}}
@@ -398,7 +408,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         say(f"data: {data.description}")
         say(f"{cfg.epochs} epochs x {steps_per_epoch} steps (warm-up {warmup_steps} steps), batch {cfg.batch_size}"
             f"{f' ({per_rank_batch} per process x {info.world_size})' if info.enabled else ''}, {recipe.optimizer} "
-            f"lr {recipe.base_lr:g}, " + (f"latency budget {cfg.latency_budget:g} ms" if cfg.latency_budget is not None
+            f"lr {recipe.base_lr:g}, " + (f"latency budget {budget:.4g} ms" if budget is not None
                                           else f"lambda {cfg.lambda_value:g}") + f", device {info.device}; output: {out}")
         if coverage:
             say(coverage_message(space, image_size, coverage))
@@ -496,8 +506,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         accuracy = history["epochs"][-1]["val_acc"] if history["epochs"] else float("nan")
         fit: BudgetFit | None = None
         decisions = answer
-        if cfg.latency_budget is not None:
-            fit = fit_to_budget(space, graph, answer, report, cfg.latency_budget, cfg.budget_floor)
+        if budget is not None:
+            fit = fit_to_budget(space, graph, answer, report, budget, cfg.budget_floor)
             decisions = fit.decisions
         selection = None
         if cfg.method == "evolution":
@@ -610,8 +620,9 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
     proxy = (f"{image_size}x{image_size} (proxy: trained at this size, latency priced at the declared "
              f"{space.input})") if image_size != space.input.height or image_size != space.input.width else \
         f"{declared} (the declared input)"
-    if cfg.latency_budget is not None:
-        steer = f"latency budget: {cfg.latency_budget:g} ms (lambda steered after the warm-up, final {lam:.4g})"
+    if fit is not None:
+        asked = f" (the {cfg.budget_percentile:g}th percentile of the space)" if cfg.budget_percentile is not None else ""
+        steer = f"latency budget: {fit.budget:.4g} ms{asked} (lambda steered after the warm-up, final {lam:.4g})"
     else:
         steer = f"lambda: {lam:g} (loss = CE + lambda * 1000 * ln(latency_ms))"
     lines = [

@@ -169,3 +169,34 @@ def test_search_warns_about_uninformed_decisions(tmp_path, capsys):
     recorded = data["kernel_decisions_not_informed"]
     assert len(recorded) == 15 and {r["level"] for r in recorded} == {"uninformed", "partial"}
     assert "uninformed 10:k5" in arch
+
+
+def test_percentile_budget_is_resolved_on_the_table(fm_table, tmp_path, capsys):
+    """--latency-budget 40%: the 40th percentile of the space's latencies (exact over 8,000 networks)."""
+    from spnas_dsl.budget import latency_percentile
+
+    space = load(FM_SPACE)
+    graph = LatencyGraph.build(space, str(fm_table))
+    p40 = latency_percentile(space, graph, 40)
+    assert graph.min_ms() < p40 < graph.max_ms()
+    code, _out, err = search(FM_SPACE, "--target", fm_table, *TINY, "--epochs", "1", "--latency-budget", "40%",
+                             "--method", "paper", "--out", tmp_path / "o", capsys=capsys)
+    assert code == 0, err
+    data, text = read_result(tmp_path / "o")
+    assert data["config"]["budget_percentile"] == 40 and data["config"]["latency_budget"] is None
+    assert 0.98 * p40 <= data["result"]["latency_ms"] <= p40
+    assert "the 40th percentile of the space" in text
+    code, _out, err = search(FM_SPACE, "--target", fm_table, *TINY, "--latency-budget", "140%", "--out",
+                             tmp_path / "p", capsys=capsys)
+    assert code == 2 and "between 0 and 100" in err and "Traceback" not in err
+
+
+def test_paper_method_writes_the_fitted_thresholds_answer(fm_table, tmp_path, capsys):
+    """The same search with --method paper writes what --method evolution records as its starting point."""
+    args = [*TINY, "--epochs", "2", "--latency-budget", "7", "--evaluations", "4"]
+    assert search(FM_SPACE, "--target", fm_table, *args, "--method", "paper", "--out", tmp_path / "p")[0] == 0
+    assert search(FM_SPACE, "--target", fm_table, *args, "--method", "evolution", "--out", tmp_path / "e")[0] == 0
+    paper, _ = read_result(tmp_path / "p")
+    evolution, _ = read_result(tmp_path / "e")
+    assert paper["result"]["decisions"] == evolution["result"]["budget_fit"]["decisions"]
+    assert evolution["result"]["selection"]["start"]["decisions"] == evolution["result"]["budget_fit"]["decisions"]

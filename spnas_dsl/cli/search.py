@@ -11,7 +11,7 @@ _RESULT_OPTIONS = {
     "optimizer": "optimizer", "image_size": "image_size", "subset": "subset", "val_subset": "val_subset",
     "val_fraction": "val_fraction", "seed": "seed", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
     "threshold_travel": "threshold_travel", "method": "method", "budget_floor": "budget_floor",
-    "evaluations": "evaluations",
+    "evaluations": "evaluations", "budget_percentile": "budget_percentile",
 }
 
 
@@ -35,8 +35,9 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--lambda", dest="lambda_", type=float, metavar="L",
                    help="latency weight: loss = CE + L * 1000 * ln(latency_ms), the official scaling (default 0.02)")
-    g.add_argument("--latency-budget", type=float, metavar="MS",
-                   help="steer lambda so the found network's predicted latency is at most MS")
+    g.add_argument("--latency-budget", type=_budget, metavar="MS|P%",
+                   help="the found network's predicted latency: at most MS and at least --budget-floor * MS; or P%%: "
+                   "the P-th percentile of the space's latencies on the target (portable between machines)")
     p.add_argument("--method", choices=["evolution", "paper"],
                    help="how the network is read off the trained supernet: 'paper' = the thresholds' decisions "
                    "(the paper's recipe); 'evolution' (default) = from there, an evolutionary search of the budget "
@@ -74,12 +75,33 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+class _Percentile(float):
+    """``--latency-budget 40%``: a percentile of the space's latencies, resolved on the target's table."""
+
+
+def _budget(text: str) -> float:
+    import argparse
+
+    try:
+        return _Percentile(text[:-1]) if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a latency in ms or a percentile like 40%, got '{text}'") from None
+
+
+def _split_budget(args) -> None:
+    """``--latency-budget P%`` -> ``budget_percentile``; a plain number stays ``latency_budget`` (ms)."""
+    args.budget_percentile = None
+    if isinstance(args.latency_budget, _Percentile):
+        args.budget_percentile, args.latency_budget = float(args.latency_budget), None
+
+
 def _config(args):
     from pathlib import Path
 
     from spnas_dsl.errors import UsageError
     from spnas_dsl.search import SearchConfig, load_resume
 
+    _split_budget(args)
     if args.resume:
         cfg, state = load_resume(args.resume)
         if args.space and Path(args.space).resolve() != Path(cfg.space).resolve():
@@ -157,9 +179,10 @@ def _child_argv(args) -> list[str]:
     out = args.out
     if out is None and not args.resume and args.space:
         out = str(default_out_dir(args.space, args.target or "pixel1"))
-    options = {opt: getattr(args, opt) for opt in _RESULT_OPTIONS} | {
+    options = {opt: getattr(args, opt, None) for opt in _RESULT_OPTIONS if opt != "budget_percentile"} | {
         "out": out, "resume": args.resume, "device": args.device, "workers": args.workers}
     for opt, value in options.items():
         if value is not None:
-            argv += ["--" + opt.rstrip("_").replace("_", "-"), str(value)]
+            text = f"{float(value):g}%" if isinstance(value, _Percentile) else str(value)
+            argv += ["--" + opt.rstrip("_").replace("_", "-"), text]
     return argv + (["--quiet"] if args.quiet else []) + (["--official-thresholds"] if args.official_thresholds else [])

@@ -25,6 +25,9 @@ class LayerIndicators:
     kernel_on: list[torch.Tensor]
     expansion_on: list[torch.Tensor]
     active: torch.Tensor | None = None  # None: skip is not a candidate (always active)
+    # The superkernel's weight with the chosen kernel shells (Eq. 1-2), computed once per step
+    # by the supernet when it decides, so the convolution does not rebuild it; None elsewhere.
+    kernel_weight: torch.Tensor | None = None
 
     @staticmethod
     def _levels(on: list[torch.Tensor]) -> list[torch.Tensor | float]:

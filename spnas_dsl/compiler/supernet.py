@@ -50,14 +50,30 @@ class SupernetOutput(NamedTuple):
     latency_ms: torch.Tensor | None  # relaxed latency (ms), None when the supernet has no target
 
 
-def straight_through_indicator(norm: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """``1(norm > threshold)`` in the forward pass, gradient of ``sigmoid(norm - threshold)``.
+class _StraightThrough(torch.autograd.Function):
+    """``1(norm > threshold)`` forward; the gradient of ``sigmoid(norm - threshold)`` backward.
 
-    Written ``hard + (sig - sig.detach())`` so the forward value is exactly 0 or 1.
+    One autograd node instead of the five of ``hard + (sig - sig.detach())``: a supernet step
+    builds dozens of indicators, and on a CPU their small ops' overhead is what the supernet
+    pays over its largest child (benchmarks/supernet_cost.py).
     """
-    hard = (norm > threshold).to(norm.dtype)
-    soft = torch.sigmoid(norm - threshold)
-    return hard + (soft - soft.detach())
+
+    @staticmethod
+    def forward(ctx, norm: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(norm, threshold)
+        return (norm > threshold).to(norm.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        norm, threshold = ctx.saved_tensors
+        sig = torch.sigmoid(norm - threshold)
+        g = grad * sig * (1 - sig)
+        return g, -g
+
+
+def straight_through_indicator(norm: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``1(norm > threshold)`` in the forward pass (exactly 0 or 1), gradient of ``sigmoid(norm - threshold)``."""
+    return _StraightThrough.apply(norm, threshold)
 
 
 _ON, _OFF = -1.0, 1e9  # thresholds that a norm (>= 0) always passes / never reaches
@@ -122,7 +138,7 @@ class SuperKernel(nn.Conv2d):
         expansion_on = [gate(f"e{e}", torch.linalg.vector_norm(w_k[lo:hi]))
                         for e, lo, hi in zip(self.expansions[1:], self.group_ends[:-1], self.group_ends[1:])]
         active = gate("skip", torch.linalg.vector_norm(w_k[:self.group_ends[0]])) if self.skip else None
-        return LayerIndicators(self.kernels, self.expansions, kernel_on, expansion_on, active), norms
+        return LayerIndicators(self.kernels, self.expansions, kernel_on, expansion_on, active, w_k), norms
 
     def _kernel_mask(self, kernel_on: list[torch.Tensor]) -> torch.Tensor:
         """(k, k) multiplier: 1 on the smallest kernel, prod_{j<=i} kernel_on[j] on shell i+1 (Eq. 1)."""
@@ -146,7 +162,24 @@ class SuperKernel(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, indicators: LayerIndicators) -> torch.Tensor:  # type: ignore[override]
         """Depthwise conv with the kernel shells of ``indicators`` (channel groups are masked later)."""
-        return self._conv_forward(x, self.weight * self._kernel_mask(indicators.kernel_on), None)
+        weight = indicators.kernel_weight
+        if weight is None:
+            weight = self.weight * self._kernel_mask(indicators.kernel_on)
+        return self._conv_forward(x, weight, None)
+
+
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``bn(x) * scale`` for a scalar ``scale``, as one op: the scale multiplies BN's affine
+    weight and bias instead of the activation (same values and gradients, one pass fewer over
+    the block's output). Running statistics are updated exactly as ``bn(x)`` would."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        bn.weight * scale, bn.bias * scale, use_batch_stats, factor, bn.eps)
 
 
 class SuperMBConv(nn.Module):
@@ -217,12 +250,13 @@ class SuperMBConv(nn.Module):
                 y = F.conv2d(y, self.conv_pwl.weight * mask.view(1, -1, 1, 1))
             else:
                 y = self.conv_pwl(y)
-            y = self.bn3(y)
+            last_bn = self.bn3
         else:
             y = self.act1(self.bn1(self.conv_dw(x, ind)))
-            y = self.bn2(self.conv_pw(y))
-        if ind.active is not None:  # skip: the whole branch off, only the residual is left
-            y = y * ind.active
+            y = self.conv_pw(y)
+            last_bn = self.bn2
+        # skip: the whole branch off (only the residual is left), folded into the last BN's affine
+        y = last_bn(y) if ind.active is None else scaled_batch_norm(last_bn, y, ind.active)
         return x + y if self.has_residual else y
 
 

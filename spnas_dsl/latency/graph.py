@@ -93,6 +93,7 @@ class LatencyGraph:
         self.graph = graph
         self.groups = groups
         self.order: list[NodeKey] = list(nx.topological_sort(graph))
+        self._layer_tables: dict[tuple, list] = {}  # (device, dtype) -> per searched layer (index, R, R_skip)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -323,16 +324,44 @@ class LatencyGraph:
         import torch
 
         total: Any = self.fixed_ms
-        for key in self.searched():
+        if not indicators:
+            return torch.as_tensor(self.calibrate(float(total)))
+        sample = next(iter(indicators.values()))
+        ref = next((t for t in (*sample.kernel_on, *sample.expansion_on, sample.active) if t is not None), None)
+        tables = self._tables(ref.device if ref is not None else torch.device("cpu"),
+                              ref.dtype if ref is not None else torch.float32)
+        for key, grid, skip_ms in tables:
             if key not in indicators:
                 raise ValueError(f"layer {key} ({self.graph.nodes[key]['name']}) is searched but has no indicators")
-            for option, weight in indicators[key].option_weights().items():
-                r = self.option_latency(key, option)
-                if r:
-                    total = total + weight * r
+            ind = indicators[key]
+            # P(kernel level) and P(expansion level) as vectors, then E[R] = pk @ R @ pe: the
+            # multilinear form of LayerIndicators.option_weights in a few ops per layer
+            layer = _levels(ind.kernel_on, grid) @ grid @ _levels(ind.expansion_on, grid)
+            if ind.active is not None:
+                layer = ind.active * layer + (1 - ind.active) * skip_ms
+            total = total + layer
         if not isinstance(total, torch.Tensor):
             total = torch.tensor(float(total))
         return self.calibrate(total)
+
+    def _tables(self, device, dtype) -> list:
+        """Per searched layer: (index, R[kernel, expansion] as a tensor, skip latency), cached per device/dtype."""
+        import torch
+
+        cache_key = (str(device), dtype)
+        if cache_key not in self._layer_tables:
+            tables = []
+            for key in self.searched():
+                node = self.graph.nodes[key]
+                options = [o for o in node["candidates"] if not o.is_skip]
+                kernels = sorted({o.kernel for o in options})
+                expansions = sorted({o.expansion for o in options})
+                grid = torch.tensor([[self.option_latency(key, Option(kernel=k, expansion=e)) for e in expansions]
+                                     for k in kernels], dtype=dtype, device=device)
+                skip_ms = self.option_latency(key, Option()) if any(o.is_skip for o in node["candidates"]) else 0.0
+                tables.append((key, grid, skip_ms))
+            self._layer_tables[cache_key] = tables
+        return self._layer_tables[cache_key]
 
     def __iter__(self) -> Iterator[NodeKey]:
         return iter(self.order)
@@ -340,6 +369,17 @@ class LatencyGraph:
     def __repr__(self) -> str:
         return (f"LatencyGraph({self.network.name!r} on {self.target.name!r}: {len(self.order)} parts, "
                 f"{len(self.searched())} searched)")
+
+
+def _levels(on: list, like):
+    """``P(level i)`` of nested on/off flags: ``reach_i - reach_{i+1}``, ``reach_i = prod_{j<i} on_j``."""
+    import torch
+
+    if not on:
+        return like.new_ones(1)
+    flags = torch.stack([torch.as_tensor(f, dtype=like.dtype, device=like.device) for f in on])
+    reach = torch.cat([like.new_ones(1), torch.cumprod(flags, 0)])
+    return reach - torch.cat([reach[1:], like.new_zeros(1)])
 
 
 def _shape(network: Network, index: int):
