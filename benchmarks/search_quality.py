@@ -385,8 +385,8 @@ def main(argv: list[str] | None = None) -> None:
         [f"training one network ({a.train_epochs} epochs on {a.subset} images)", f"{one_train:.0f} s mean"],
         [f"all {len(jobs)} training runs (this run)", f"{train_wall:.0f} s ({a.jobs} at a time; 0 when reused)"],
         ["search cost in units of one network's training",
-         f"{statistics.fmean(search_loop) / one_train:.2f}x (search {a.search_epochs} supernet epochs + selection; "
-         f"training {a.train_epochs} epochs)"],
+         (f"{statistics.fmean(search_loop) / one_train:.2f}x (search {a.search_epochs} supernet epochs + "
+          f"selection; training {a.train_epochs} epochs)")],
         ["benchmark total (this run)", f"{time.perf_counter() - started:.0f} s"],
     ], "ll")
     ok_evo, why_evo = verdict("evolution")

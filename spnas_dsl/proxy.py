@@ -14,6 +14,7 @@ their kernel decisions.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
 from spnas_dsl.ir import Network
@@ -63,7 +64,7 @@ def kernel_decision_coverage(space: Network, image_size: int) -> list[KernelDeci
         shape = trained[declared.index]
         h, w = shape.in_hwc[0], shape.in_hwc[1]
         kernels = sorted(layer.kernel.values)
-        for small, large in zip(kernels, kernels[1:]):
+        for small, large in itertools.pairwise(kernels):
             side = min(h, w)
             if side >= large:
                 continue
@@ -80,8 +81,8 @@ def coverage_message(space: Network, image_size: int, infos: list[KernelDecision
     uninformed = [i for i in infos if i.level == "uninformed"]
     partial = [i for i in infos if i.level == "partial"]
     size = f"{image_size}x{image_size}"
-    lines = [f"warning: trained at {size} (declared input {space.input}), {len(infos)} kernel decision(s) of "
-             f"'{space.name}' are not fully informed by the data:"]
+    lines = [(f"warning: trained at {size} (declared input {space.input}), {len(infos)} kernel decision(s) of "
+              f"'{space.name}' are not fully informed by the data:")]
     if uninformed:
         lines.append(f"  uninformed ({len(uninformed)}: chosen by the latency term alone):")
         lines += [f"    {i.describe()}" for i in uninformed]

@@ -47,16 +47,16 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from spnas_dsl.budget import DEFAULT_FLOOR, BudgetFit, fit_to_budget, network_of
 from spnas_dsl.errors import CheckpointError, SpnasError, UsageError
 from spnas_dsl.io import atomic_write_text
-from spnas_dsl.budget import DEFAULT_FLOOR, BudgetFit, fit_to_budget, network_of
 from spnas_dsl.ir import Network
 
 CHECKPOINT = "checkpoint.pt"

@@ -16,8 +16,8 @@ accuracy, ties broken by the lower cross-entropy.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -183,7 +183,7 @@ def evolve(start: Decisions, pricer: Pricer, score: Callable[[Decisions], tuple[
             if len(order) >= budget:
                 break
             if n % 2 == 0 or len(parents) < 2:
-                d = draw(lambda: mutate(rng.choice(parents).decisions))
+                d = draw(lambda parents=parents: mutate(rng.choice(parents).decisions))
                 origin = "mutation"
             else:
                 a, b = rng.sample(parents, 2)

@@ -18,7 +18,7 @@ from spnas_dsl.proxy import kernel_decision_coverage
 from spnas_dsl.shapes import infer_shapes
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_search import FM_SPACE, MNASNET, TINY, one_thread, search, write_table  # noqa: E402,F401
+from test_search import FM_SPACE, MNASNET, TINY, one_thread, search, write_table  # noqa: F401
 
 
 def random_report(space, seed: int) -> list[dict]:

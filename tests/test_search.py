@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from spnas_dsl.cli import main
-from spnas_dsl.ir import Option
 from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.parser import load
 from spnas_dsl.shapes import infer_shapes, option_cost
