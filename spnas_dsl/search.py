@@ -511,8 +511,13 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             decisions = fit.decisions
         selection = None
         if cfg.method == "evolution":
-            selection = select_network(supernet, space, graph, data, cfg, info, per_rank_batch, decisions, fit,
-                                       progress.log)
+            from spnas_dsl.selection import select_in_band
+
+            band = (fit.floor_ms, fit.budget) if fit is not None and fit.in_band else None
+            selection = select_in_band(supernet, space, graph, data, info, per_rank_batch, decisions, band,
+                                       floor=cfg.budget_floor, evaluations=cfg.evaluations,
+                                       selection_images=cfg.selection_images, bn_batches=BN_RECALIBRATION_BATCHES,
+                                       seed=cfg.seed, log=progress.log)
             decisions = selection.best.decisions
             accuracy = selection.best.accuracy
         elif decisions != answer:  # the fitted network's accuracy with the supernet's weights (no fine-tuning)
@@ -656,44 +661,6 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
         f"held-out accuracy of the supernet at this network: {accuracy:.2%} (inherited weights, no fine-tuning)",
     ]
     return lines
-
-
-def select_network(supernet, space: Network, graph, data, cfg: SearchConfig, info, batch: int, start: dict,
-                   fit: BudgetFit | None, log):
-    """``--method evolution``: the best network of the band by the supernet's held-out accuracy.
-
-    The band is the budget's (``[floor * budget, budget]``) or, without a budget, the same
-    width under the latency of ``start``. Every candidate is scored on the same
-    ``BN_RECALIBRATION_BATCHES`` training batches (BN re-estimation) and the same
-    ``selection_images`` held-out images.
-    """
-    from spnas_dsl.data import Batches
-    from spnas_dsl.selection import EvolutionSettings, Pricer, SupernetScorer, evolve
-    from spnas_dsl.training.distributed import all_reduce_sum
-
-    pricer = Pricer(space, graph)
-    if fit is not None and fit.in_band:
-        lo, hi = fit.floor_ms, fit.budget
-    else:
-        hi = pricer(start)
-        lo = cfg.budget_floor * hi
-    fmt = torch.channels_last if info.device.type == "cpu" else None
-    calib = list(Batches(data.train, batch, shuffle=True, seed=cfg.seed + 2, epoch=0, rank=info.rank,
-                         world=info.world_size, drop_last=True, num_workers=0, device=info.device,
-                         memory_format=fmt))[:BN_RECALIBRATION_BATCHES]
-    val = data.val
-    if len(val) > cfg.selection_images:
-        from spnas_dsl.data import subset_indices
-
-        val = val.subset(subset_indices(len(val), cfg.selection_images, cfg.seed + 3))
-    held_out = list(Batches(val, batch, rank=info.rank, world=info.world_size, num_workers=0, device=info.device,
-                            memory_format=fmt))
-    scorer = SupernetScorer(supernet, calib, held_out,
-                            all_reduce=(lambda v: all_reduce_sum(v, info)) if info.enabled else None)
-    settings = EvolutionSettings(evaluations=cfg.evaluations)
-    log(f"selection: evolution in {lo:.4g} .. {hi:.4g} ms, {cfg.evaluations} networks, "
-        f"{sum(len(y) for _, y in held_out)} held-out images per network (per process)")
-    return evolve(start, pricer, scorer, lo, hi, settings, seed=cfg.seed, log=log)
 
 
 def _ms(value: float) -> str:

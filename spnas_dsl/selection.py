@@ -203,3 +203,36 @@ def evolve(start: Decisions, pricer: Pricer, score: Callable[[Decisions], tuple[
 
 def _fmt(d: Decisions, layers: list[int]) -> str:
     return " ".join(str(d[i]) for i in layers)
+
+
+def select_in_band(supernet, space: Network, graph, data, info, batch: int, start: Decisions,
+                   band: tuple[float, float] | None, *, floor: float, evaluations: int, selection_images: int,
+                   bn_batches: int, seed: int, log: Callable[[str], None]) -> SelectionResult:
+    """``--method evolution`` at the end of a search: the best network of the band by the supernet's
+    held-out accuracy.
+
+    ``band`` is the budget's ``(floor * budget, budget)``; None (no budget, or a budget the space
+    cannot meet): ``[floor * L, L]``, L the latency of ``start``. Every candidate is scored on the
+    same ``bn_batches`` training batches (BN re-estimation) and the same ``selection_images``
+    held-out images of ``data`` (a :class:`spnas_dsl.data.DatasetSplits`); ``info`` is the
+    process group's :class:`DistInfo` (scores are summed over ranks).
+    """
+    from spnas_dsl.data import Batches, subset_indices
+    from spnas_dsl.training.distributed import all_reduce_sum
+
+    pricer = Pricer(space, graph)
+    lo, hi = band if band is not None else (floor * pricer(start), pricer(start))
+    fmt = torch.channels_last if info.device.type == "cpu" else None
+    calib = list(Batches(data.train, batch, shuffle=True, seed=seed + 2, epoch=0, rank=info.rank,
+                         world=info.world_size, drop_last=True, num_workers=0, device=info.device,
+                         memory_format=fmt))[:bn_batches]
+    val = data.val
+    if len(val) > selection_images:
+        val = val.subset(subset_indices(len(val), selection_images, seed + 3))
+    held_out = list(Batches(val, batch, rank=info.rank, world=info.world_size, num_workers=0, device=info.device,
+                            memory_format=fmt))
+    scorer = SupernetScorer(supernet, calib, held_out,
+                            all_reduce=(lambda v: all_reduce_sum(v, info)) if info.enabled else None)
+    log(f"selection: evolution in {lo:.4g} .. {hi:.4g} ms, {evaluations} networks, "
+        f"{sum(len(y) for _, y in held_out)} held-out images per network (per process)")
+    return evolve(start, pricer, scorer, lo, hi, EvolutionSettings(evaluations=evaluations), seed=seed, log=log)
