@@ -658,7 +658,7 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
     lines += [
         (f"epochs: {cfg.epochs} ({cfg.warmup:g} warm-up with lambda 0 and indicator keep probability "
          f"{cfg.dropout_keep:g}), batch {cfg.batch_size}, {cfg.optimizer}"),
-        f"held-out accuracy of the supernet at this network: {accuracy:.2%} (inherited weights, no fine-tuning)",
+        f"held-out accuracy of the supernet: {accuracy:.2%} (at this network: inherited weights, no fine-tuning)",
     ]
     return lines
 
