@@ -189,6 +189,21 @@ def train_one(arch: Path, out: Path, seed: int, a) -> dict:
     return {"top1": 100 * m["top1"], "wall_time_s": m.get("wall_time_s"), "held_out": m.get("held_out_images")}
 
 
+def noise_of(runs: list[list[float]]) -> tuple[float, float, list[float]]:
+    """Noise of training from ``runs`` (one list of accuracies per network, one per training seed):
+    (pooled seed-to-seed std, std of the network x seed residual after removing each seed's common
+    effect, each seed's mean over the networks)."""
+    if not runs or len(runs[0]) < 2:
+        return float("nan"), float("nan"), [statistics.fmean(r[t] for r in runs) for t in range(len(runs[0]))] if runs else []
+    n, t = len(runs), len(runs[0])
+    pooled = math.sqrt(statistics.fmean(statistics.variance(r) for r in runs))
+    seed_means = [statistics.fmean(r[j] for r in runs) for j in range(t)]
+    grand = statistics.fmean(seed_means)
+    residuals = [r[j] - statistics.fmean(r) - seed_means[j] + grand for r in runs for j in range(t)]
+    dof = max((n - 1) * (t - 1), 1)
+    return pooled, math.sqrt(sum(x * x for x in residuals) / dof), seed_means
+
+
 def percentile_among(value: float, others: list[float]) -> float:
     """Share (%) of ``others`` below ``value`` (ties count half)."""
     if not others:
@@ -325,8 +340,8 @@ def main(argv: list[str] | None = None) -> None:
         n["mean"] = statistics.fmean(accs) if accs else float("nan")
     random_means = [networks[f"random{i}"]["mean"] for i in range(len(picked))]
     r_mean, r_std = R.mean_std(random_means)
-    pairs = [n["accs"] for name, n in networks.items() if n["trained_as"] == name and len(n["accs"]) >= 2]
-    seed_std = math.sqrt(statistics.fmean([statistics.variance(p) for p in pairs])) if pairs else float("nan")
+    pairs = [n["accs"] for name, n in networks.items() if n["trained_as"] == name and len(n["accs"]) == a.train_seeds]
+    seed_std, residual_std, seed_means = noise_of(pairs)
     for n in networks.values():
         n["percentile"] = percentile_among(n["mean"], random_means)
 
@@ -391,10 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     ], "ll")
     ok_evo, why_evo = verdict("evolution")
     ok_paper, why_paper = verdict("paper")
-    noise = (f"Noise: the seed-to-seed std of one network's top-1 (pooled over the {len(pairs)} networks trained with "
-             f"{a.train_seeds} seeds) is {seed_std:.2f} points, so a network's mean over {a.train_seeds} seeds "
-             f"carries about {seed_std / math.sqrt(max(a.train_seeds, 1)):.2f}; the spread between the random "
-             f"networks' means is {r_std:.2f} points.")
+    found_evo = [n["mean"] for n in networks.values() if n["role"] == "evolution"]
+    diff = statistics.fmean(found_evo) - r_mean
+    diff_se = math.sqrt((statistics.variance(found_evo) / len(found_evo) if len(found_evo) > 1 else 0.0)
+                        + (r_std ** 2 / len(random_means) if len(random_means) > 1 else 0.0))
+    noise = (f"Noise: the seed-to-seed std of one network's top-1 is {seed_std:.2f} points (pooled over the "
+             f"{len(pairs)} distinct networks, each trained with seeds 0..{a.train_seeds - 1}); part of it is common "
+             f"to every network (a training seed also draws the training subset): the seeds' means over all networks "
+             f"are {', '.join(f'{m:.2f}' for m in seed_means)} %. What is left once that common part is removed "
+             f"(the network x seed residual) is {residual_std:.2f} points, so a network's mean over "
+             f"{a.train_seeds} seeds carries about {residual_std / math.sqrt(max(a.train_seeds, 1)):.2f} points of its "
+             f"own noise, beside a spread of {r_std:.2f} points between the random networks' means. The evolution's "
+             f"networks lie {diff:+.2f} \u00b1 {diff_se:.2f} points (difference of means \u00b1 its standard error) "
+             f"from the random networks' mean.")
     goal = (f"**Goal (median found network above the random networks' mean + 1 sd and above both cheap baselines): "
             f"{'met' if ok_evo else 'not met'} by `--method evolution`** ({why_evo}); "
             f"`--method paper`: {'met' if ok_paper else 'not met'} ({why_paper}).")

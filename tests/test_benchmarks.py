@@ -246,3 +246,15 @@ def test_runtime_model_table_coverage_and_export_percentile():
     assert not table_covers(R.REPO / "spaces" / "fashion_mnist.spnas", pixel1)
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0
     assert percentile([0.0, 10.0], 0.9) == pytest.approx(9.0)
+
+
+def test_search_quality_noise_separates_the_common_seed_effect():
+    from benchmarks.search_quality import noise_of, percentile_among
+
+    # three networks, two seeds; seed 1 is 2 points better for every network: no residual noise
+    pooled, residual, seed_means = noise_of([[85.0, 87.0], [86.0, 88.0], [84.0, 86.0]])
+    assert pooled == pytest.approx(2 ** 0.5) and residual == pytest.approx(0.0, abs=1e-9)
+    assert seed_means == pytest.approx([85.0, 87.0])
+    _, residual, _ = noise_of([[85.0, 87.0], [86.0, 87.0], [84.0, 87.0]])
+    assert residual > 0.5
+    assert percentile_among(3.0, [1.0, 2.0, 3.0, 4.0]) == pytest.approx(62.5)
