@@ -109,16 +109,28 @@ def fit_to_budget(space: Network, graph, decisions: dict[int, Option], report: l
     floor_ms = floor * budget
     step = max(resolution * budget, 1e-12)
 
+    fixed = graph.fixed_ms
+    priced_layers = [[(o, graph.option_latency(i, o), option_value(layers[i], o, margins.get(i, {})))
+                      for o in layers[i].options] for i in indices]
+    # the least the layers after each one can add: partial sums that cannot end under the budget are dropped
+    rest = [0.0] * (len(indices) + 1)
+    for j in range(len(indices) - 1, -1, -1):
+        rest[j] = rest[j + 1] + min(ms for _, ms, _ in priced_layers[j])
+    if float(graph.calibrate(fixed + rest[0])) > budget + 1e-9:  # even the fastest network is over
+        fastest = {i: min(priced, key=lambda p: p[1])[0] for i, priced in zip(indices, priced_layers)}
+        return _result(space, graph, layers, margins, decisions, fastest, budget, floor_ms, False,
+                       f"every network of the space is over the budget; the fastest is "
+                       f"{float(graph.calibrate(fixed + rest[0])):.4g} ms")
+
     # state: bin of the raw sum -> (value, exact raw sum, options so far); ties keep the higher value
     states: dict[int, tuple[float, float, tuple[Option, ...]]] = {0: (0.0, 0.0, ())}
-    for index in indices:
-        layer = layers[index]
-        priced = [(o, graph.option_latency(index, o), option_value(layer, o, margins.get(index, {})))
-                  for o in layer.options]
+    for j, priced in enumerate(priced_layers):
         nxt: dict[int, tuple[float, float, tuple[Option, ...]]] = {}
         for value, raw, chosen in states.values():
             for option, ms, v in priced:
                 total = raw + ms
+                if float(graph.calibrate(fixed + total + rest[j + 1])) > budget + 1e-9:
+                    continue
                 key = int(total // step)
                 cand = (value + v, total, chosen + (option,))
                 old = nxt.get(key)
@@ -126,31 +138,31 @@ def fit_to_budget(space: Network, graph, decisions: dict[int, Option], report: l
                     nxt[key] = cand
         states = nxt
 
-    fixed = graph.fixed_ms
     scored = [(value, float(graph.calibrate(fixed + raw)), chosen) for value, raw, chosen in states.values()]
     in_band = [s for s in scored if floor_ms - 1e-9 <= s[1] <= budget + 1e-9]
     note = ""
     if in_band:
         best = max(in_band, key=lambda s: (s[0], s[1]))
     else:
-        under = [s for s in scored if s[1] <= budget + 1e-9]
-        if under:
-            best = max(under, key=lambda s: (s[1], s[0]))
-            note = (f"no network of the space lies in {floor_ms:.4g} .. {budget:g} ms; the closest under the budget "
-                    f"is {best[1]:.4g} ms")
-        else:
-            best = min(scored, key=lambda s: s[1])
-            note = f"every network of the space is over the budget; the fastest is {best[1]:.4g} ms"
-    chosen = dict(zip(indices, best[2]))
+        best = max(scored, key=lambda s: (s[1], s[0]))  # every state left is under the budget
+        note = (f"no network of the space lies in {floor_ms:.4g} .. {budget:.4g} ms; the closest under the budget "
+                f"is {best[1]:.4g} ms")
+    return _result(space, graph, layers, margins, decisions, dict(zip(indices, best[2])), budget, floor_ms,
+                   bool(in_band), note)
+
+
+def _result(space, graph, layers, margins, decisions, chosen, budget, floor_ms, in_band, note) -> BudgetFit:
+    """The fit of ``chosen`` with its moves away from ``decisions``."""
     moves = []
-    for index in indices:
+    for index in sorted(layers):
         before, after = decisions[index], chosen[index]
         if before != after:
             layer, m = layers[index], margins.get(index, {})
             moves.append(BudgetMove(index, str(before), str(after),
                                     graph.option_latency(index, after) - graph.option_latency(index, before),
                                     option_value(layer, after, m) - option_value(layer, before, m)))
-    return BudgetFit(chosen, best[1], budget, floor_ms, bool(in_band), moves, note)
+    latency = graph.predict(network_of(space, chosen))
+    return BudgetFit(chosen, latency, budget, floor_ms, in_band, moves, note)
 
 
 def network_of(space: Network, decisions: dict[int, Option]) -> Network:
