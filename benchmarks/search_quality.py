@@ -419,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
              f"own noise, beside a spread of {r_std:.2f} points between the random networks' means. The evolution's "
              f"networks lie {diff:+.2f} \u00b1 {diff_se:.2f} points (difference of means \u00b1 its standard error) "
              f"from the random networks' mean.")
+    paired = [networks[f"evolution-s{sd}"]["mean"] - networks[f"paper-s{sd}"]["mean"] for sd in seeds]
+    noise += (f" On the same supernet, the evolution's network minus the paper's: "
+              f"{', '.join(f'{d:+.2f}' for d in paired)} points (search seeds {', '.join(map(str, seeds))}).")
     goal = (f"**Goal (median found network above the random networks' mean + 1 sd and above both cheap baselines): "
             f"{'met' if ok_evo else 'not met'} by `--method evolution`** ({why_evo}); "
             f"`--method paper`: {'met' if ok_paper else 'not met'} ({why_paper}).")
