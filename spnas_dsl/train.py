@@ -81,7 +81,7 @@ class TrainSettings:
     quiet: bool = False
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: epoch ends only)
     bn_recalibrate: int = 1024       # re-estimate BN statistics on this many training images per epoch
-    workers: int = 4                 # DataLoader processes for image folders (in-memory sets ignore it)
+    workers: int | None = None       # DataLoader processes for image folders (None: data.default_workers)
 
     def recipe(self) -> training.Recipe:
         return training.Recipe(optimizer=self.optimizer, batch_size=self.batch_size, lr=self.lr,
