@@ -285,9 +285,8 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
     from spnas_dsl.printer import format_network
     from spnas_dsl.shapes import summarize
     from spnas_dsl.targets import load_target
-    from spnas_dsl.training.distributed import any_rank, broadcast_object
-
     from spnas_dsl.training import rundir
+    from spnas_dsl.training.distributed import any_rank, broadcast_object
 
     cfg.check()
     if resume is None and out_dir is not None:

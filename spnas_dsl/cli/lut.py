@@ -76,13 +76,15 @@ def register(sub) -> None:
 
     e = lut.add_parser(
         "export",
-        help="copy a local table into the repository's targets/ folder",
-        description="Copy the target's table from the user cache into targets/<name>.json (checked first), so "
-        "that it can be committed and used by path (--target targets/<name>.json).",
+        help="copy a local table to a file (e.g. into a repository's targets/ folder)",
+        description="Copy the target's table from the user cache to --to (checked first), so that it can be "
+        "committed and used by path (--target PATH). --to is required: spnasc writes user data only into the "
+        "user cache or where it is told, never into the installed package.",
     )
     e.add_argument("name", metavar="TARGET")
     e.add_argument("--table", metavar="FILE", help="the table to export (default: the target's local table)")
-    e.add_argument("--to", metavar="PATH", help="destination file or folder (default: the repository's targets/)")
+    e.add_argument("--to", metavar="PATH", required=True,
+                   help="destination file, or an existing folder (the file is then named <target>.json)")
     e.add_argument("--force", action="store_true", help="overwrite an existing file")
     e.set_defaults(run=run_export)
 
@@ -200,18 +202,14 @@ def run_export(args) -> int:
 
     from spnas_dsl.errors import UsageError
     from spnas_dsl.profiling.lut import table_path
-    from spnas_dsl.resources import data_path
     from spnas_dsl.targets import local_table_path
     from spnas_dsl.targets.table import load_table, write_table
 
     source = table_path(args.name, args.table)
     table = load_table(source)  # a missing or corrupt table is a TargetError naming the file
-    if args.to:
-        dest = Path(args.to)
-        if dest.is_dir():
-            dest = dest / local_table_path(args.name).name
-    else:
-        dest = data_path("targets") / local_table_path(args.name).name
+    dest = Path(args.to)
+    if dest.is_dir():
+        dest = dest / local_table_path(args.name).name
     if dest.exists() and not args.force:
         raise UsageError(f"{dest} exists; pass --force to overwrite it")
     write_table(dest, table)

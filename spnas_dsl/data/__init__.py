@@ -18,11 +18,10 @@ of ``(seed, epoch, batch)`` for in-memory sets and ``(seed, epoch, index)`` for 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
-
-import os
 
 import torch
 
