@@ -408,3 +408,34 @@ def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+# -- the parser cache ------------------------------------------------------------------------------
+
+def test_a_planted_parser_cache_is_never_unpickled(spnasc, spnas_file, tmp_path):
+    """Lark's cache file is a pickle: one planted in the user's cache folder must not run.
+
+    The planted file is what Lark's loader reads (a hash line, then pickles) and carries a payload
+    that creates a marker file when unpickled; `spnasc check` with that cache folder must leave no marker.
+    """
+    import pickle
+
+    import lark
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    cache = tmp_path / "xdg" / "spnas"
+    cache.mkdir(parents=True)
+    for name in (f"lark-{lark.__version__}.cache", "lark.cache"):
+        (cache / name).write_bytes(b"0" * 64 + b"\n" + pickle.dumps(Payload()) + pickle.dumps(Payload()))
+    path = spnas_file(GOOD)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
+    proc = subprocess.run([str(spnasc), "check", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(  # and nothing new is written there
+        [f"lark-{lark.__version__}.cache", "lark.cache"])

@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 
 from spnas_dsl.data.transforms import Normalization, convert_channels, random_crop_flip, resize, to_float
-from spnas_dsl.errors import DataError
+from spnas_dsl.errors import DataError, UsageError
 
 __all__ = [
     "DATASETS",
@@ -338,11 +338,15 @@ def open_dataset(spec: str, image_size: int, channels: int, *, data_dir: str | N
         raise DataError(f"data set '{spec}' has {splits.num_classes} classes but the network has only "
                         f"{num_classes}")
     train, val = splits.train, splits.val
+    # A subset larger than the split is a mistake the user should hear about (not a silent "all").
+    for option, count, split, what in (("--subset", subset, train, "training"),
+                                       ("--val-subset", val_subset, val, "held-out")):
+        if count is not None and not 1 <= count <= len(split):
+            raise UsageError(f"{option} {count}: the {what} split of '{spec}' has {len(split)} images"
+                             + ("" if count >= 1 else "; give a positive number"))
     if subset is not None:
-        if subset < 1:
-            raise DataError(f"--subset must be positive, got {subset}")
         train = train.subset(subset_indices(len(train), subset, seed))
-        val_subset = val_subset if val_subset is not None else max(subset // 5, 1000)
+        val_subset = val_subset if val_subset is not None else min(max(subset // 5, 1000), len(val))
     if val_subset is not None:
         val = val.subset(subset_indices(len(val), val_subset, seed + 1))
     if len(train) == 0 or len(val) == 0:

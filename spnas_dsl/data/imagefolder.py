@@ -107,7 +107,7 @@ class ImageFolderDataset:
             try:
                 return self._decode(j), label, "\n".join(problems)
             except _Unreadable as exc:
-                problems.append(f"{path}\t{str(exc).replace(repr(path), 'the file')}")
+                problems.append(f"{path}\t{str(exc).replace(' ' + repr(path), '')}")  # PIL repeats the path
         first, reason = problems[0].split("\t", 1)
         raise DataError(f"cannot decode image {first}: {reason}" + (
             f" (nor the next {len(problems) - 1} images of the split)" if len(problems) > 1 else ""))
