@@ -440,3 +440,34 @@ def test_a_planted_parser_cache_is_never_unpickled(spnasc, spnas_file, tmp_path)
     assert not marker.exists()
     assert sorted(p.name for p in cache.iterdir()) == sorted(  # and nothing new is written there
         [f"lark-{lark.__version__}.cache", "lark.cache"])
+
+
+# -- option values: the same mistake, the same usage error in every command ----------------------------
+
+@pytest.mark.parametrize("argv, option", [
+    (["search", "s.spnas", "--batch-size", "0"], "--batch-size"),
+    (["train", "n.spnas", "--batch-size", "0"], "--batch-size"),
+    (["search", "s.spnas", "--nproc", "0"], "--nproc"),
+    (["train", "n.spnas", "--nproc", "0"], "--nproc"),
+    (["build", "n.spnas", "--to", "onnx", "--threads", "0"], "--threads"),
+    (["build", "n.spnas", "--to", "onnx", "--eval-samples", "0"], "--eval-samples"),
+    (["profile", "n.spnas", "--target", "host-tflite", "--runs", "0"], "--runs"),
+    (["lut", "build", "s.spnas", "--target", "host-tflite", "--processes", "0"], "--processes"),
+    (["lut", "validate", "s.spnas", "--target", "host-tflite", "--samples", "0"], "--samples"),
+])
+def test_a_count_below_one_is_the_same_usage_error_everywhere(capsys, argv, option):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}: must be an integer >= 1, got '0'" in err, err
+
+
+@pytest.mark.parametrize("command", [["search", "s.spnas"], ["train", "n.spnas"], ["build", "n.spnas", "--to", "onnx"]])
+def test_out_naming_a_file_is_the_same_usage_error_everywhere(tmp_path, capsys, command):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep")
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--out", str(blocker)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument --out: {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "keep"
