@@ -421,7 +421,7 @@ def test_nothing_moves_when_a_file_is_in_the_way(small_file, tmp_path, monkeypat
     out = tmp_path / "out"
     out.mkdir()
     (out / "deploy").write_text("a file")
-    code, _, err = run_cli("build", small_file, "--to", "timm,fake", "--out", out)
+    code, _, err = run_cli("build", small_file, "--to", "timm,fake", "--out", out, "--force")
     assert code == 1 and f"{out / 'deploy'} is a file" in err
     assert sorted(p.name for p in out.iterdir()) == ["deploy"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
