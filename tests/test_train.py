@@ -192,7 +192,10 @@ def test_resume_mid_epoch_after_an_interrupt(tmp_path, tiny, tiny_run, monkeypat
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
     monkeypatch.setattr(Progress, "update", update)
+    stale = out / ".checkpoint.pt.k1ll3d.tmp"  # what a kill during a save leaves
+    stale.write_bytes(b"\0" * 1000)
     train_cli("--resume", out, "--checkpoint-minutes", "0")
+    assert not stale.exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_at_steps"] == [5]
     # the resumed epoch's train figures cover all its steps, as in the uninterrupted run
