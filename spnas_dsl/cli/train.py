@@ -53,7 +53,7 @@ def register(sub) -> None:
                    help="train at S x S (default: the arch's input size; arch.spnas then records SxS)")
     p.add_argument("--subset", type=positive_int, metavar="N", help="train on N images (a seeded random choice); the "
                    "held-out split is cut to max(N/5, 1000) images")
-    p.add_argument("--val-subset", type=int, metavar="N",
+    p.add_argument("--val-subset", type=positive_int, metavar="N",
                    help="evaluate on N held-out images (a seeded random choice; default: all of them, or "
                    "max(subset / 5, 1000) with --subset)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the weights, batch order and subsets (default 0)")
