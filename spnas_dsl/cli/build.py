@@ -17,7 +17,7 @@ def register(sub) -> None:
     import argparse
 
     from spnas_dsl.backends import EXPORTERS
-    from spnas_dsl.cli.options import out_folder, positive_int
+    from spnas_dsl.cli.options import out_folder, positive_int, seed
 
     p = sub.add_parser(
         "build",
@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where the data set's files are")
     p.add_argument("--calib-samples", type=positive_int, default=200, metavar="N", help="calibration images (default 200)")
     p.add_argument("--eval-samples", type=positive_int, default=500, metavar="N", help="held-out images (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the parity batch")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the initial weights and the parity batch")
     p.add_argument("--threads", type=positive_int, metavar="N", help="PyTorch compute threads (default: PyTorch's choice; "
                    "1 is fastest on a machine shared with other jobs)")
     p.add_argument("--json", action="store_true", help="print build.json instead of the summary")

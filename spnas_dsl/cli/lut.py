@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from spnas_dsl.cli.options import nonnegative_float, nonnegative_int, positive_int
+from spnas_dsl.cli.options import nonnegative_float, nonnegative_int, positive_int, seed
 
 
 def _timing_options(p, processes: int, rounds: int) -> None:
@@ -59,7 +59,7 @@ def register(sub) -> None:
     b.add_argument("--fresh", action="store_true", help="start a new table (replaces the existing one)")
     b.add_argument("--recalibrate", action="store_true", help="fit the calibration again even if nothing is new")
     b.add_argument("--chunk", type=positive_int, default=16, help="signatures timed (and saved) together (default 16)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random calibration networks")
+    b.add_argument("--seed", type=seed, default=0, help="seed of the random calibration networks")
     b.set_defaults(run=run_build)
 
     v = lut.add_parser(
@@ -72,7 +72,7 @@ def register(sub) -> None:
     v.add_argument("space", metavar="SPACE")
     _timing_options(v, processes=8, rounds=5)
     v.add_argument("--samples", type=positive_int, default=100, help="random networks (default 100)")
-    v.add_argument("--seed", type=int, default=1, help="seed of the random networks (default 1)")
+    v.add_argument("--seed", type=seed, default=1, help="seed of the random networks (default 1)")
     v.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured scatter plot (PNG)")
     v.set_defaults(run=run_validate)
 

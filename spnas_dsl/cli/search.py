@@ -11,6 +11,7 @@ from spnas_dsl.cli.options import (
     out_folder,
     positive_float,
     positive_int,
+    seed,
 )
 
 # Options that decide the result: with --resume they must match the saved run (or be left out).
@@ -72,7 +73,7 @@ def register(sub) -> None:
                    help="held-out images to evaluate (default: all, or max(N/5, 1000) with --subset)")
     p.add_argument("--val-fraction", type=open_fraction, metavar="F",
                    help="hold out this fraction of the training images instead of the data set's own held-out split")
-    p.add_argument("--seed", type=int, help="random seed (default 0): init, data order, indicator dropout")
+    p.add_argument("--seed", type=seed, help="random seed (default 0): init, data order, indicator dropout")
     p.add_argument("--out", metavar="DIR", type=out_folder,
                    help="output folder, new or empty (default runs/<space>-<target>-<date>-<time>)")
     p.add_argument("--force", action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from spnas_dsl.cli.options import nonnegative_float, nonnegative_int, out_folder, positive_float, positive_int
+from spnas_dsl.cli.options import nonnegative_float, nonnegative_int, out_folder, positive_float, positive_int, seed
 from spnas_dsl.errors import SpnasError
 
 # Options with a value, in the order they are passed on to --nproc workers: (flag, dest).
@@ -56,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--val-subset", type=positive_int, metavar="N",
                    help="evaluate on N held-out images (a seeded random choice; default: all of them, or "
                    "max(subset / 5, 1000) with --subset)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of the weights, batch order and subsets (default 0)")
+    p.add_argument("--seed", type=seed, metavar="S", help="seed of the weights, batch order and subsets (default 0)")
     p.add_argument("--init-from", metavar="SEARCH_DIR",
                    help="start from the weights of a 'spnasc search' output folder's supernet (the arch must be a "
                    "network of that search's space)")
