@@ -33,3 +33,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _first_file_on_the_way(out: Path) -> Path | None:
+    """The first existing path of ``out`` and its parents that is not a folder (None: all are folders)."""
+    for p in [out, *out.parents]:
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def out_path_problem(out: str | Path) -> str | None:
+    """Why ``out`` cannot be an output folder (it or a parent is a file), or None."""
+    out = Path(out)
+    blocker = _first_file_on_the_way(out)
+    if blocker is None:
+        return None
+    if blocker == out:
+        return f"{out} is a file, not a folder"
+    return f"{out}: {blocker} is a file, not a folder"

@@ -101,7 +101,7 @@ class SearchConfig:
     threshold_travel: float | None = 10.0
     seed: int = 0
     device: str | None = None  # None: cuda when available
-    workers: int = 4  # DataLoader workers for image folders
+    workers: int | None = None  # DataLoader workers for image folders (None: data.default_workers)
     log_every: int = 20  # steps between history records / progress lines
     checkpoint_every: int = 100  # steps between mid-epoch checkpoints
     control_every: int = 1  # steps between lambda-controller updates (with a budget)
@@ -272,8 +272,11 @@ def _load_state(out: Path) -> dict:
 
 
 def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dict | None = None,
-               quiet: bool = False) -> SearchResult | None:
-    """Run (or, with ``resume`` = a loaded checkpoint, continue) a search; rank 0 returns the result."""
+               quiet: bool = False, force: bool = False) -> SearchResult | None:
+    """Run (or, with ``resume`` = a loaded checkpoint, continue) a search; rank 0 returns the result.
+
+    A new search needs ``out_dir`` new or empty; ``force`` removes a previous run's files there
+    (:mod:`spnas_dsl.training.rundir`)."""
     from spnas_dsl import training
     from spnas_dsl.compiler.supernet import lower_to_supernet
     from spnas_dsl.data import Batches, open_dataset
@@ -282,9 +285,12 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
     from spnas_dsl.printer import format_network
     from spnas_dsl.shapes import summarize
     from spnas_dsl.targets import load_target
+    from spnas_dsl.training import rundir
     from spnas_dsl.training.distributed import any_rank, broadcast_object
 
     cfg.check()
+    if resume is None and out_dir is not None:
+        rundir.check_out(out_dir, "search", force=force)  # refuse before any work, on every rank
     info = training.setup(cfg.device)
     try:
         # -- the space, its latency model, the data --------------------------------------------
@@ -375,19 +381,23 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         out = Path(broadcast_object(str(out), info))
         writer = None
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if resume is None and (out / "arch.spnas").exists():
-                (out / "arch.spnas").unlink()  # a fresh run must not leave a stale result behind
+            rundir.claim(out, rundir.SEARCH_OUTPUTS, "search", force=force, resume=resume is not None)
             writer = tensorboard_writer(str(out / "tensorboard"), purge_step=step if resume is not None else None)
 
         def save(epoch_done: bool) -> None:
+            nonlocal sums
+            # The sums of the history record in progress go into the checkpoint (over all ranks, on
+            # rank 0), so that a resumed run's next record covers the same steps as the uninterrupted one.
+            total = training.all_reduce_sum(sums, info)
+            sums = total if info.is_main else [0.0, 0.0, 0.0]
             if not info.is_main:
                 return
             training.save_checkpoint(out / CHECKPOINT, {
                 "model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "controller": controller.state_dict(),
                 "rng": training.capture_rng_state(), "step": step, "epoch_done": epoch_done,
-                "history": history, "config": cfg.to_dict(),
+                "history": history, "config": cfg.to_dict(), "record_sums": sums,
+                "seconds": seconds_before + time.monotonic() - start_time,
             })
 
         def write_json(result: dict | None = None) -> None:
@@ -425,6 +435,11 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
         set_threshold_lr(optimizer, threshold_lr, step < warmup_steps)
         model.train()
         sums = [0.0, 0.0, 0.0]  # CE sum, correct, images since the last record
+        seconds_before = 0.0  # run time before a resume
+        if resume is not None and info.is_main:
+            sums = [float(v) for v in resume.get("record_sums", sums)]
+        if resume is not None:
+            seconds_before = float(resume.get("seconds", 0.0))
         start_time = time.monotonic()
         for epoch in range(step // steps_per_epoch, cfg.epochs):
             progress.set_epoch(epoch, cfg.epochs, "warm-up" if epoch * steps_per_epoch < warmup_steps else "")
@@ -486,7 +501,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                 "lambda": controller.value(step <= warmup_steps), "lr": scheduler.get_last_lr()[0],
                 "decisions": {str(i): str(o) for i, o in decisions.items()},
                 "report": supernet.decision_report(), "spread": superkernel_spread(supernet),
-                "seconds": time.monotonic() - start_time,
+                "seconds": seconds_before + time.monotonic() - start_time,
             })
             if writer is not None:
                 writer.add_scalar("epoch/val_acc", acc, step)
@@ -541,7 +556,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
                       "note": fit.note, "moves": [asdict(m) for m in fit.moves],
                       "decisions": {str(i): str(o) for i, o in fit.decisions.items()}},
                   "selection": None if selection is None else selection.to_dict(),
-                  "seconds": time.monotonic() - start_time}
+                  "seconds": seconds_before + time.monotonic() - start_time}
         if info.is_main:
             write_json(result)
             from spnas_dsl.search_plots import make_plots

@@ -49,6 +49,7 @@ from spnas_dsl.ir import InputSize, Network
 from spnas_dsl.parser import load, parse_text
 from spnas_dsl.printer import format_network
 from spnas_dsl.shapes import summarize
+from spnas_dsl.training import rundir
 from spnas_dsl.training.distributed import DistInfo, any_rank, broadcast_object
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,7 +59,6 @@ METRICS = "metrics.json"
 TENSORBOARD = "tensorboard"
 CHECKPOINT_KIND = "spnas-train"
 CHECKPOINT_VERSION = 1
-OUTPUTS = (CHECKPOINT, WEIGHTS, ARCH, METRICS)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class TrainSettings:
     quiet: bool = False
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: epoch ends only)
     bn_recalibrate: int = 1024       # re-estimate BN statistics on this many training images per epoch
-    workers: int = 4                 # DataLoader processes for image folders (in-memory sets ignore it)
+    workers: int | None = None       # DataLoader processes for image folders (None: data.default_workers)
 
     def recipe(self) -> training.Recipe:
         return training.Recipe(optimizer=self.optimizer, batch_size=self.batch_size, lr=self.lr,
@@ -229,14 +229,17 @@ class Prepared:
     model: nn.Module
     out_dir: Path
     resume_state: dict | None
+    force: bool = False  # a new run may remove a previous run's files in out_dir
 
 
 def prepare(arch_path: str | Path | None, settings: TrainSettings | None, *, out: str | Path | None = None,
-            resume: str | Path | None = None, resume_overrides: dict[str, Any] | None = None) -> Prepared:
+            resume: str | Path | None = None, resume_overrides: dict[str, Any] | None = None,
+            force: bool = False) -> Prepared:
     """Check the inputs and build the model; raise a :class:`SpnasError` on the first problem.
 
     ``resume``: a run folder; its checkpoint's settings are used (``resume_overrides`` are the
-    options passed again: only those in ``RESUMABLE_CHANGES`` may differ). Writes nothing.
+    options passed again: only those in ``RESUMABLE_CHANGES`` may differ). A new run's ``out``
+    must be new or empty unless ``force`` (:func:`spnas_dsl.training.rundir.check_out`). Writes nothing.
     """
     state = None
     if resume is not None:
@@ -266,7 +269,7 @@ def prepare(arch_path: str | Path | None, settings: TrainSettings | None, *, out
             settings.image_size = default_image_size(source)
         network = trained_arch(source, settings.image_size)
         out_dir = Path(out) if out is not None else default_out_dir(network.name)
-        check_out_dir(out_dir)
+        rundir.check_out(out_dir, "train", force=force)
     if settings.image_size is None:
         settings.image_size = default_image_size(network)
     if settings.epochs < 1:
@@ -284,21 +287,11 @@ def prepare(arch_path: str | Path | None, settings: TrainSettings | None, *, out
         model = init_from_search(Path(settings.init_from), source)
     else:
         model = lower_to_network(network)
-    return Prepared(network, settings, data, model, out_dir, state)
+    return Prepared(network, settings, data, model, out_dir, state, force)
 
 
 def default_out_dir(name: str) -> Path:
     return Path("runs") / f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an output folder that is a file or already holds a run."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} exists and is not a folder")
-    taken = [name for name in OUTPUTS if (out_dir / name).exists()]
-    if taken:
-        raise UsageError(f"--out {out_dir} already holds a run ({', '.join(taken)}); continue it with "
-                         f"--resume {out_dir} or choose another --out")
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,6 +406,7 @@ class Run:
         self.history: list[dict] = []
         self.wall_before = 0.0  # seconds spent in earlier sessions of this run
         self.resumed_at: list[int] = []
+        self.epoch_sums: list[float] | None = None  # train loss, correct, images of a partial epoch
         state = prepared.resume_state
         if state is not None:
             self.restore(state)
@@ -449,6 +443,8 @@ class Run:
             "scheduler": self.scheduler.state_dict(), "step": self.step,
             "steps_per_epoch": self.steps_per_epoch, "history": self.history,
             "rng": training.capture_rng_state(), "wall_time_s": wall_s, "resumed_at": self.resumed_at,
+            # this epoch's running train figures (one process: under DDP they are per rank, not saved)
+            "epoch_sums": None if self.info.enabled else self.epoch_sums,
         }
 
     def restore(self, state: dict) -> None:
@@ -466,6 +462,9 @@ class Run:
         self.history = list(state["history"])
         self.wall_before = float(state["wall_time_s"])
         self.resumed_at = list(state.get("resumed_at", [])) + [self.step]
+        sums = state.get("epoch_sums")
+        if sums is not None and not self.info.enabled:
+            self.epoch_sums = [float(v) for v in sums]
         if "rng" in state and not self.info.enabled:
             training.restore_rng_state(state["rng"])  # exact continuation (dropout) on one process
 
@@ -478,10 +477,11 @@ class Run:
         s, info = self.s, self.info
         if info.enabled:  # per-rank dropout noise; rank 0's RNG is restored exactly only on one process
             torch.manual_seed(s.seed + 1000 * info.rank + self.step)
-        if info.is_main:
-            self.p.out_dir.mkdir(parents=True, exist_ok=True)
-        writer = self.tensorboard()
         progress = training.Progress(self.total_steps, initial=self.step, quiet=s.quiet, enabled=info.is_main)
+        if info.is_main:
+            rundir.claim(self.p.out_dir, rundir.TRAIN_OUTPUTS, "train", force=self.p.force,
+                         resume=self.p.resume_state is not None, log=progress.log)
+        writer = self.tensorboard()
         progress.log(f"training '{self.p.arch.name}' on {self.p.data.description}")
         progress.log(f"{s.epochs} epochs x {self.steps_per_epoch} steps, global batch {s.batch_size}"
                      f"{f' ({info.world_size} processes)' if info.enabled else ''}, {s.optimizer} lr "
@@ -496,6 +496,10 @@ class Run:
                 epoch, batch = divmod(self.step, self.steps_per_epoch)
                 progress.set_epoch(epoch, s.epochs)
                 loss_sum = correct = seen = 0.0
+                restored = batch and self.epoch_sums is not None
+                if restored:  # a resumed partial epoch: its figures continue from the checkpoint's
+                    loss_sum, correct, seen = self.epoch_sums
+                self.epoch_sums = None
                 epoch_start = time.monotonic()
                 for x, y in self.train_batches(epoch, start_batch=batch):
                     logits = self.net(x)
@@ -521,7 +525,9 @@ class Run:
                     now = time.monotonic()
                     if (s.checkpoint_minutes > 0 and now - last_save > 60 * s.checkpoint_minutes
                             and self.step % self.steps_per_epoch):
+                        self.epoch_sums = [loss_sum, correct, seen]
                         self.save_checkpoint(self.wall_before + now - start)
+                        self.epoch_sums = None
                         last_save = now
                 loss_sum, correct, seen = training.all_reduce_sum([loss_sum, correct, seen], info)
                 val = self.evaluate(epoch)
@@ -531,7 +537,7 @@ class Run:
                     "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
                     "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.monotonic() - epoch_start,
                 }
-                if batch:  # a resumed partial epoch: the train figures cover its last part only
+                if batch and not restored:  # a resumed partial epoch: the train figures cover its last part only
                     entry["resumed_at_batch"] = batch
                 self.history.append(entry)
                 progress.log(f"epoch {epoch + 1}/{s.epochs}: train loss {entry['train_loss']:.4f} "
@@ -591,7 +597,8 @@ class Run:
 
 
 def train(arch_path: str | Path | None, settings: TrainSettings | None = None, *, out: str | Path | None = None,
-          resume: str | Path | None = None, resume_overrides: dict[str, Any] | None = None) -> TrainResult:
+          resume: str | Path | None = None, resume_overrides: dict[str, Any] | None = None,
+          force: bool = False) -> TrainResult:
     """Train ``arch_path`` (or continue ``resume``) and write the run folder; see the module doc.
 
     Joins the process group when launched by torchrun / ``--nproc``; every rank trains, rank 0
@@ -601,7 +608,7 @@ def train(arch_path: str | Path | None, settings: TrainSettings | None = None, *
     info = training.setup(device)
     try:
         prepared = prepare(arch_path, settings, out=_same_out(out, arch_path, resume, info), resume=resume,
-                           resume_overrides=resume_overrides)
+                           resume_overrides=resume_overrides, force=force)
         if prepared.resume_state is not None and prepared.resume_state["step"] >= (
                 prepared.resume_state.get("steps_per_epoch", 0) * prepared.settings.epochs) and (
                 prepared.out_dir / METRICS).exists():

@@ -264,13 +264,17 @@ def test_unknown_backend(small_file, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["under-a-file", "is-a-file"])
-def test_unwritable_out(small_file, tmp_path, case):
+def test_unwritable_out(small_file, tmp_path, case, capsys):
+    """--out naming a file (or a path under one): a usage error, exit 2, as in search and train."""
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     out = blocker / "sub" if case == "under-a-file" else blocker
-    code, _, err = run_cli("build", small_file, "--to", "timm", "--out", out)
-    assert code == 1 and f"cannot write to --out {out}: " in err
-    assert ("is not a directory" if case == "under-a-file" else "exists and is not a directory") in err
+    with pytest.raises(SystemExit) as exc:
+        main(["build", str(small_file), "--to", "timm", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f"argument --out: {out}: {blocker} is a file, not a folder" in err if case == "under-a-file" else \
+        f"argument --out: {blocker} is a file, not a folder" in err
     assert blocker.read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
@@ -327,7 +331,7 @@ def test_failed_parity_fails_the_build_and_writes_nothing(small_file, tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    code, _, err = run_cli("build", small_file, "--to", "timm", "--to", "broken", "--out", out)
+    code, _, err = run_cli("build", small_file, "--to", "timm", "--to", "broken", "--out", out, "--force")
     assert code == 1 and "float parity check failed" in err and "broken.bin (random)" in err
     assert "limit 0.0001" in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -335,15 +339,25 @@ def test_failed_parity_fails_the_build_and_writes_nothing(small_file, tmp_path, 
 
 
 def test_default_out_and_rebuild_keeps_other_files(small_file, tmp_path, monkeypatch):
+    """A second build into a folder that holds one needs --force; it then replaces the previous build's
+    files (those not built again are removed) and keeps the user's."""
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli("build", small_file, "--to", "timm")
+    code, _, err = run_cli("build", small_file, "--to", "timm,pytorch")
     assert code == 0, err
     out = tmp_path / "build" / "small_fm"
     assert (out / "timm_arch.py").exists() and (out / "small_fm.safetensors").exists()
     assert oct((out).stat().st_mode & 0o777) != oct(0o700)
+    first = {a["path"] for a in json.loads((out / "build.json").read_text())["artifacts"]}
     (out / "mine.txt").write_text("keep")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     code, _, err = run_cli("build", small_file, "--to", "timm", "--json")
+    assert code == 2 and "--out build/small_fm is not empty" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    code, _, err = run_cli("build", small_file, "--to", "timm", "--json", "--force")
     assert code == 0, err
+    second = {a["path"] for a in json.loads((out / "build.json").read_text())["artifacts"]}
+    assert first - second and all(not (out / p).exists() for p in first - second)  # the pytorch files
+    assert "--force: removed the previous build's" in err
     assert (out / "mine.txt").read_text() == "keep"
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["weights"]["source"] is None and manifest["network"] == "small_fm"
@@ -407,7 +421,7 @@ def test_nothing_moves_when_a_file_is_in_the_way(small_file, tmp_path, monkeypat
     out = tmp_path / "out"
     out.mkdir()
     (out / "deploy").write_text("a file")
-    code, _, err = run_cli("build", small_file, "--to", "timm,fake", "--out", out)
+    code, _, err = run_cli("build", small_file, "--to", "timm,fake", "--out", out, "--force")
     assert code == 1 and f"{out / 'deploy'} is a file" in err
     assert sorted(p.name for p in out.iterdir()) == ["deploy"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -408,3 +408,77 @@ def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+# -- the parser cache ------------------------------------------------------------------------------
+
+def test_a_planted_parser_cache_is_never_unpickled(spnasc, spnas_file, tmp_path):
+    """Lark's cache file is a pickle: one planted in the user's cache folder must not run.
+
+    The planted file is what Lark's loader reads (a hash line, then pickles) and carries a payload
+    that creates a marker file when unpickled; `spnasc check` with that cache folder must leave no marker.
+    """
+    import pickle
+
+    import lark
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    cache = tmp_path / "xdg" / "spnas"
+    cache.mkdir(parents=True)
+    for name in (f"lark-{lark.__version__}.cache", "lark.cache"):
+        (cache / name).write_bytes(b"0" * 64 + b"\n" + pickle.dumps(Payload()) + pickle.dumps(Payload()))
+    path = spnas_file(GOOD)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
+    proc = subprocess.run([str(spnasc), "check", str(path)], check=False, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(  # and nothing new is written there
+        [f"lark-{lark.__version__}.cache", "lark.cache"])
+
+
+# -- option values: the same mistake, the same usage error in every command ----------------------------
+
+@pytest.mark.parametrize("argv, option", [
+    (["search", "s.spnas", "--batch-size", "0"], "--batch-size"),
+    (["train", "n.spnas", "--batch-size", "0"], "--batch-size"),
+    (["search", "s.spnas", "--nproc", "0"], "--nproc"),
+    (["train", "n.spnas", "--nproc", "0"], "--nproc"),
+    (["build", "n.spnas", "--to", "onnx", "--threads", "0"], "--threads"),
+    (["build", "n.spnas", "--to", "onnx", "--eval-samples", "0"], "--eval-samples"),
+    (["profile", "n.spnas", "--target", "host-tflite", "--runs", "0"], "--runs"),
+    (["lut", "build", "s.spnas", "--target", "host-tflite", "--processes", "0"], "--processes"),
+    (["lut", "validate", "s.spnas", "--target", "host-tflite", "--samples", "0"], "--samples"),
+])
+def test_a_count_below_one_is_the_same_usage_error_everywhere(capsys, argv, option):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {option}: must be an integer >= 1, got '0'" in err, err
+
+
+@pytest.mark.parametrize("command", [["search", "s.spnas"], ["train", "n.spnas"], ["build", "n.spnas", "--to", "onnx"]])
+def test_out_naming_a_file_is_the_same_usage_error_everywhere(tmp_path, capsys, command):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep")
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--out", str(blocker)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument --out: {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.parametrize("command", [["search", "s.spnas"], ["train", "n.spnas"], ["build", "n.spnas", "--to", "onnx"],
+                                     ["lut", "build", "s.spnas", "--target", "host-tflite"]])
+@pytest.mark.parametrize("value", ["-1", str(2**64)])
+def test_a_seed_out_of_range_is_a_usage_error(capsys, command, value):
+    """torch cannot seed with 2**64 (a traceback before); a negative seed is refused alike."""
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--seed", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument --seed: must be an integer from 0 to 4294967295, got '{value}'" in err

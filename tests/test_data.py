@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -183,11 +184,66 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no class folders"):
         open_dataset(f"imagefolder:{tmp_path / 'empty'}", 16, 3)
-    root = make_tree(tmp_path / "bad", per_class=1)
-    (root / "val" / "cat" / "0.png").write_bytes(b"garbage")
+
+
+def test_imagefolder_skips_and_counts_unreadable_images(tmp_path, capsys):
+    """A corrupt JPEG and a truncated PNG are skipped (the next readable image takes their place, so
+    batches keep their size), counted once, and summed up in one line per pass that met them."""
+    root = make_tree(tmp_path / "imgs", per_class=4)
+    (root / "train" / "cat" / "1.png").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    good = (root / "train" / "dog" / "2.png").read_bytes()
+    (root / "train" / "dog" / "2.png").write_bytes(good[: len(good) // 2])
     s = open_dataset(f"imagefolder:{root}", 16, 3)
-    with pytest.raises(DataError, match="cannot decode image .*0.png"):
+    for epoch in range(2):
+        batches = list(Batches(s.train, 4, shuffle=True, epoch=epoch, drop_last=True))
+        assert [len(y) for _, y in batches] == [4, 4, 4]
+    assert sorted(Path(p).relative_to(root).as_posix() for p in s.train.unreadable) == [
+        "train/cat/1.png", "train/dog/2.png"]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("data: skipped")]
+    assert len(lines) == 1  # the second pass met no new ones
+    assert "skipped 2 unreadable images in this pass (2 of 12 so far; the run stops past 10)" in lines[0]
+    # the same through worker processes
+    s = open_dataset(f"imagefolder:{root}", 16, 3)
+    assert sum(len(y) for _, y in Batches(s.train, 4, num_workers=2)) == 12 and len(s.train.unreadable) == 2
+
+
+def test_imagefolder_stops_past_the_unreadable_limit(tmp_path):
+    root = make_tree(tmp_path / "imgs", per_class=5)
+    for i, path in enumerate(sorted((root / "train").rglob("*.png"))):  # 11 of 15: past the limit of 10
+        if i % 4 != 2:
+            path.write_bytes(b"garbage")
+    s = open_dataset(f"imagefolder:{root}", 16, 3)
+    with pytest.raises(DataError, match=r"11 images of this split cannot be decoded \(more than 10, .*cat/0.png.*"
+                                        r"and 6 more; first: .*cat/0.png: cannot identify image file"):
+        list(Batches(s.train, 5))
+    every = make_tree(tmp_path / "all", per_class=1)
+    for path in (every / "val").rglob("*.png"):
+        path.write_bytes(b"garbage")
+    s = open_dataset(f"imagefolder:{every}", 16, 3)
+    with pytest.raises(DataError, match=r"cannot decode image .*\.png: cannot identify image file \(nor the next 2 "):
         list(Batches(s.val, 3))
+
+
+def test_default_workers_fit_the_cores(tmp_path, monkeypatch):
+    """On a 2-core machine the default loader makes no 'worker processes' warning (4 workers did)."""
+    import warnings
+
+    from spnas_dsl.data import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers() == 1 and default_workers(2) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert default_workers() == 4 and default_workers(8) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    root = make_tree(tmp_path / "imgs", per_class=2)
+    s = open_dataset(f"imagefolder:{root}", 16, 3)
+    from spnas_dsl.search import SearchConfig
+    from spnas_dsl.train import TrainSettings
+
+    assert SearchConfig(space="x").workers is None and TrainSettings().workers is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sum(len(y) for _, y in Batches(s.train, 3, num_workers=SearchConfig(space="x").workers)) == 6
 
 
 # -- transforms -----------------------------------------------------------------------------------

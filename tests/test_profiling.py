@@ -219,6 +219,23 @@ def test_lut_export(cache, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_lut_export_never_writes_into_the_package(cache, capsys):
+    """Without --to: a usage error, and nothing appears in the installed package's targets/ folder."""
+    from spnas_dsl.resources import data_path
+
+    measurer = L.make_measurer("host-tflite")
+    table = cache / "targets" / "host-tflite.json"
+    table.parent.mkdir(parents=True)
+    table.write_text(_table(measurer, [{"signature": "conv:i32x32x3:o8:s2:k3", "latency_ms": 0.01}]))
+    package_targets = data_path("targets")
+    before = sorted(p.name for p in package_targets.iterdir())
+    with pytest.raises(SystemExit) as exc:
+        main(["lut", "export", "host-tflite"])
+    assert exc.value.code == 2
+    assert "the following arguments are required: --to" in capsys.readouterr().err
+    assert sorted(p.name for p in package_targets.iterdir()) == before
+
+
 def test_validate_without_a_table(tiny, cache, capsys):
     path, _ = tiny
     assert main(["lut", "validate", str(path), "--target", "host-tflite", "--samples", "3"]) == 1

@@ -195,7 +195,16 @@ def test_large_lambda_finds_a_faster_network(table, tmp_path):
 # -- resume -------------------------------------------------------------------------------------
 
 RESUME_ARGS = ["--data", "synthetic:160", "--image-size", "16", "--batch-size", "32", "--epochs", "3",
-               "--warmup-epochs", "1", "--lambda", "0.1", "--checkpoint-every", "2", "--quiet"]
+               "--warmup-epochs", "1", "--lambda", "0.1", "--checkpoint-every", "2", "--log-every", "3", "--quiet"]
+
+
+def without_timing(value):
+    """``search.json`` without its wall-clock fields ("seconds"), which no two runs share."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -207,18 +216,33 @@ def reference_run(tmp_path_factory, table) -> Path:
     return out
 
 
-def test_resume_after_an_abrupt_exit_gives_the_same_network(reference_run, table, tmp_path):
+def test_resume_after_an_abrupt_exit_gives_the_same_files(reference_run, table, tmp_path):
+    """Killed after step 9 (checkpoint at 8, history records every 3 steps): the resumed run writes the
+    uninterrupted run's arch.spnas and search.json (all but wall-clock seconds), the record at step 9
+    covering steps 7-9 as it does there, and removes the temporaries a kill during a save leaves."""
     out = tmp_path / "out"
     proc = subprocess_search(FM_SPACE, "--target", table, *RESUME_ARGS, "--out", out,
                              env={"SPNAS_TEST_EXIT_AFTER_STEP": "9"})  # mid-epoch 2, after the checkpoint at 8
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 99, err
     assert not (out / "arch.spnas").exists()
+    stale = [out / ".checkpoint.pt.k1ll3d_a.tmp", out / ".search.json.k1ll3d_b.tmp"]  # as a kill mid-save leaves
+    for path in stale:
+        path.write_bytes(b"\0" * 4096)
+    (out / "notes.txt").write_text("mine")
     proc = subprocess_search("--resume", out)
     stdout, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err
     assert "resuming at step 8" in stdout
+    assert "removed 2 temporary files" in stdout
+    assert not any(path.exists() for path in stale) and (out / "notes.txt").read_text() == "mine"
     assert (out / "arch.spnas").read_text() == (reference_run / "arch.spnas").read_text()
+    resumed, straight = (json.loads((d / "search.json").read_text()) for d in (out, reference_run))
+    assert [r["step"] for r in resumed["history"]["steps"]] == [3, 6, 9, 12, 15]
+    assert resumed["history"]["steps"][2] == straight["history"]["steps"][2]
+    resumed["config"]["space"] = straight["config"]["space"]
+    assert without_timing(resumed) == without_timing(straight)
+    assert resumed["result"]["seconds"] > resumed["history"]["epochs"][0]["seconds"]  # counts both sessions
 
 
 @pytest.mark.slow
@@ -247,6 +271,83 @@ def test_resume_refuses_changed_settings(tiny_run, capsys):
     assert code == 2 and "--epochs 5 differs" in err
     code, _, err = search("--resume", tiny_run.parent / "nothing-here", capsys=capsys)
     assert code == 1 and "not a folder" in err
+
+
+# -- the output folder: a finished search is never overwritten unasked ------------------------------
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_non_empty_out_is_refused_and_left_alone(tiny_run, table, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "done"
+    shutil.copytree(tiny_run, out)
+    before = snapshot(out)
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "1", "--out", out, capsys=capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"--out {out} is not empty (arch.spnas, checkpoint.pt, decisions.png" in err
+    assert f"'spnasc search --resume {out}'" in err and "--force" in err
+    assert snapshot(out) == before  # arch.spnas and everything else untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--out", mine, capsys=capsys)
+    assert code == 2 and "is not empty (notes.txt)" in err
+    code, _, err = search("--resume", out, "--force", capsys=capsys)
+    assert code == 2 and "--force starts a new search" in err
+    assert snapshot(out) == before
+
+
+def test_force_starts_clean_and_keeps_other_files(tiny_run, table, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(tiny_run, out)
+    (out / "notes.txt").write_text("mine")
+    (out / "tensorboard" / "events.out.tfevents.old").write_bytes(b"old run")
+    (out / ".checkpoint.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    code, stdout, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "1", "--lambda", "0.05", "--out", out,
+                               "--force", capsys=capsys)
+    assert code == 0, err
+    assert "--force: removed the previous run's arch.spnas, search.json, checkpoint.pt, tensorboard" in stdout
+    assert "--force: kept notes.txt" in stdout
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "tensorboard" / "events.out.tfevents.old").exists()
+    assert not (out / ".checkpoint.pt.x1y2z3.tmp").exists()
+    result = json.loads((out / "search.json").read_text())
+    assert result["config"]["epochs"] == 1 and len(result["history"]["epochs"]) == 1  # nothing of the old run
+
+
+# -- options: one usage error each, exit 2 --------------------------------------------------------------
+
+@pytest.mark.parametrize("options, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
+    (["--batch-size", "-4"], "argument --batch-size: must be an integer >= 1, got '-4'"),
+    (["--lr", "-1"], "argument --lr: must be a number > 0, got '-1'"),
+    (["--lambda", "nan"], "argument --lambda: expected a finite number, got 'nan'"),
+    (["--nproc", "0"], "argument --nproc: must be an integer >= 1, got '0'"),
+    (["--epochs", "1e999"], "argument --epochs: expected an integer, got '1e999'"),
+    (["--latency-budget", "inf"], "argument --latency-budget: expected a finite number, got 'inf'"),
+    (["--val-fraction", "1"], "argument --val-fraction: must be a number between 0 and 1"),
+    (["--out", "FILE"], "argument --out: FILE is a file, not a folder"),
+    (["--out", "FILE/sub"], "argument --out: FILE/sub: FILE is a file, not a folder"),
+])
+def test_bad_options_are_usage_errors(table, tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        main(["search", str(FM_SPACE), "--target", str(table), *TINY, *options])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_oversized_subset_is_a_usage_error(table, tmp_path, capsys):
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--subset", "500", "--out", tmp_path / "o", capsys=capsys)
+    assert code == 2 and "--subset 500: the training split of 'synthetic:96' has" in err
+    assert not (tmp_path / "o").exists()
 
 
 # -- data parallel ----------------------------------------------------------------------------------

@@ -192,9 +192,16 @@ def test_resume_mid_epoch_after_an_interrupt(tmp_path, tiny, tiny_run, monkeypat
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
     monkeypatch.setattr(Progress, "update", update)
+    stale = out / ".checkpoint.pt.k1ll3d.tmp"  # what a kill during a save leaves
+    stale.write_bytes(b"\0" * 1000)
     train_cli("--resume", out, "--checkpoint-minutes", "0")
+    assert not stale.exists()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resumed_at_steps"] == [5] and metrics["history"][0]["resumed_at_batch"] == 5
+    assert metrics["resumed_at_steps"] == [5]
+    # the resumed epoch's train figures cover all its steps, as in the uninterrupted run
+    straight_history = json.loads((tiny_run / "metrics.json").read_text())["history"]
+    assert [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in metrics["history"]] == [
+        {k: v for k, v in h.items() if k != "epoch_time_s"} for h in straight_history]
     resumed, straight = load_file(out / "model.safetensors"), load_file(tiny_run / "model.safetensors")
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
@@ -264,8 +271,52 @@ def test_missing_data_option(tmp_path, tiny, capsys):
 
 
 def test_out_folder_holding_a_run_refused(tmp_path, tiny, tiny_run, capsys):
+    before = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
     _, err = train_cli(tiny, *DATA, "--out", tiny_run, expect=2, capsys=capsys)
-    assert "already holds a run" in err and f"--resume {tiny_run}" in err
+    assert f"--out {tiny_run} is not empty (arch.spnas, checkpoint.pt, metrics.json, model.safetensors" in err
+    assert f"'spnasc train --resume {tiny_run}'" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    _, err = train_cli(tiny, *DATA, "--out", mine, expect=2, capsys=capsys)
+    assert "is not empty (notes.txt)" in err
+    _, err = train_cli("--resume", tiny_run, "--force", expect=2, capsys=capsys)
+    assert "--force starts a new run" in err
+
+
+def test_force_starts_clean_and_keeps_other_files(tmp_path, tiny, capsys):
+    out = tmp_path / "o"
+    train_cli(tiny, *DATA, "--epochs", "2", "--out", out)
+    (out / "notes.txt").write_text("mine")
+    (out / ".checkpoint.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    train_cli(tiny, *DATA, "--epochs", "1", "--out", out, "--force", capsys=capsys)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and len(metrics["history"]) == 1 and metrics["resumed_at_steps"] == []
+    assert (out / "notes.txt").read_text() == "mine" and not (out / ".checkpoint.pt.x1y2z3.tmp").exists()
+    assert len(list((out / "tensorboard").iterdir())) == 1  # the old run's event file is gone
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
+    (["--lr", "-1"], "argument --lr: must be a number > 0, got '-1'"),
+    (["--nproc", "0"], "argument --nproc: must be an integer >= 1, got '0'"),
+    (["--checkpoint-minutes", "nan"], "argument --checkpoint-minutes: expected a finite number, got 'nan'"),
+    (["--out", "FILE"], "argument --out: FILE is a file, not a folder"),
+])
+def test_bad_options_are_usage_errors(tmp_path, tiny, capsys, monkeypatch, options, message):
+    """The same mistakes, the same messages and exit status as in `spnasc search` and `spnasc build`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(tiny), *DATA, *options])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_oversized_subset_is_a_usage_error(tmp_path, tiny, capsys):
+    _, err = train_cli(tiny, *DATA, "--subset", "1000", "--out", tmp_path / "o", expect=2, capsys=capsys)
+    assert "--subset 1000: the training split of 'synthetic:256' has" in err
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "pickle", "not-a-dict", "wrong-kind", "wrong-shapes"])

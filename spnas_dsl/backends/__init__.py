@@ -203,14 +203,16 @@ def quiet_output():
 
 # -- output folder ----------------------------------------------------------------------------------
 
-def prepare_output(out_dir: Path) -> tuple[Path, list[Path]]:
+def prepare_output(out_dir: Path, force: bool = False) -> tuple[Path, list[Path]]:
     """Check that ``out_dir`` can be written and make a staging folder beside it.
 
+    ``out_dir`` must be new or empty unless ``force`` (:func:`spnas_dsl.training.rundir.check_out`).
     Returns (staging folder, folders created on the way) so a failed build can remove both.
     """
+    from spnas_dsl.training.rundir import check_out
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BuildError(f"cannot write to --out {out_dir}: it exists and is not a directory")
+    check_out(out_dir, "build", force=force)  # a file, or a folder holding anything: a usage error
     created: list[Path] = []
     parent = out_dir.absolute().parent
     missing = []
@@ -246,13 +248,32 @@ def _remove_created(created: list[Path]) -> None:
             pass
 
 
-def publish(staging: Path, out_dir: Path) -> None:
+def previous_build_files(out_dir: Path) -> list[str]:
+    """The files of the build in ``out_dir`` (those its ``build.json`` lists, and itself), for ``--force``.
+
+    Only plain relative paths inside ``out_dir`` count; an unreadable ``build.json`` lists nothing
+    (its folder's files are then kept, and replaced only where the new build writes the same names).
+    """
+    manifest = out_dir / "build.json"
+    try:
+        artifacts = json.loads(manifest.read_text(encoding="utf-8")).get("artifacts", [])
+        paths = [a["path"] for a in artifacts if isinstance(a, dict) and isinstance(a.get("path"), str)]
+    except (OSError, ValueError, AttributeError):
+        return ["build.json"] if manifest.is_file() else []
+    inside = [p for p in paths if not Path(p).is_absolute() and ".." not in Path(p).parts]
+    return sorted(set(inside)) + ["build.json"]
+
+
+def publish(staging: Path, out_dir: Path, log: Callable[[str], None] = print) -> None:
     """Move the staged files into ``out_dir``: one rename when it is new, else file by file
-    (each ``os.replace`` atomic, ``build.json`` last). Other files in ``out_dir`` are kept."""
+    (each ``os.replace`` atomic, ``build.json`` last). A previous build's files that the new
+    build does not replace are removed (``--force``); other files in ``out_dir`` are kept."""
     out_dir = Path(out_dir)
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
+    new = {str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()}
+    stale = [name for name in previous_build_files(out_dir) if name not in new and (out_dir / name).is_file()]
     files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "build.json")
     for src in files:  # check every destination before moving anything
         dst = out_dir / src.relative_to(staging)
@@ -261,6 +282,13 @@ def publish(staging: Path, out_dir: Path) -> None:
         for parent in dst.relative_to(out_dir).parents:
             if (out_dir / parent).exists() and not (out_dir / parent).is_dir():
                 raise BuildError(f"cannot write {dst}: {out_dir / parent} is a file")
+    for name in stale:  # after the checks above: a refused build removes nothing
+        (out_dir / name).unlink()
+    for folder in sorted({(out_dir / n).parent for n in stale}, key=lambda p: len(p.parts), reverse=True):
+        if folder != out_dir and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if stale:
+        log(f"--force: removed the previous build's {', '.join(stale)} from {out_dir}")
     for src in files:
         dst = out_dir / src.relative_to(staging)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -303,11 +331,11 @@ def build(network: Network, targets: list[str], out_dir: str | Path | None = Non
           weights: str | Path | None = None, int8: bool = False, data: str | None = None,
           calib_data: str | None = None, data_dir: str | None = None, calib_samples: int = 200,
           eval_samples: int = 500, batch: int = 4, seed: int = 0, tolerance: float = 1e-4,
-          log: Callable[[str], None] = print) -> BuildResult:
+          log: Callable[[str], None] = print, force: bool = False) -> BuildResult:
     """Export a concrete ``network`` to every backend in ``targets``; see docs/build.md.
 
     Raises a :class:`SpnasError` (nothing written) for a space, bad weights, an unwritable
-    output folder or a float artifact whose outputs differ from PyTorch's by more than
+    output folder (or a non-empty one without ``force``) or a float artifact whose outputs differ from PyTorch's by more than
     ``tolerance`` relative to the output scale.
     """
     from spnas_dsl.compiler.network import require_concrete
@@ -324,7 +352,7 @@ def build(network: Network, targets: list[str], out_dir: str | Path | None = Non
         raise UsageError("--calib-data is the calibration set of --int8; for held-out checks use --data")
     require_concrete(network)
     out_dir = Path(out_dir) if out_dir is not None else Path("build") / network.name
-    staging, created = prepare_output(out_dir)
+    staging, created = prepare_output(out_dir, force)
     try:
         result = _build(network, targets, out_dir, staging, weights=weights, int8=int8, data=data,
                         calib_data=calib_data, data_dir=data_dir, calib_samples=calib_samples,
@@ -414,7 +442,7 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
     ctx.timings["total"] = round(time.perf_counter() - started, 2)
     manifest = _manifest(ctx, targets, weights_info)
     (staging / "build.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    publish(staging, out_dir)
+    publish(staging, out_dir, log)
     return BuildResult(Path(out_dir), manifest, ctx.artifacts, ctx.notes)
 
 

@@ -17,6 +17,7 @@ def register(sub) -> None:
     import argparse
 
     from spnas_dsl.backends import EXPORTERS
+    from spnas_dsl.cli.options import out_folder, positive_int, seed
 
     p = sub.add_parser(
         "build",
@@ -31,17 +32,21 @@ def register(sub) -> None:
     p.add_argument("--to", action="append", metavar="BACKEND", required=True,
                    help=f"backend to build, repeatable or comma-separated: {', '.join(EXPORTERS)}")
     p.add_argument("--weights", metavar="FILE.safetensors", help="trained weights (safetensors state dict)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: build/<network name>/)")
+    p.add_argument("--out", metavar="DIR", type=out_folder,
+                   help="output folder, new or empty (default: build/<network name>/)")
+    p.add_argument("--force", action="store_true",
+                   help="build into a non-empty --out: replaces the previous build's files (those its build.json "
+                   "lists) once the new build has passed its checks, and keeps any others")
     p.add_argument("--int8", action="store_true", help="also write a full-integer int8 TFLite model")
     p.add_argument("--calib-data", metavar="SPEC", help="int8 calibration data set (training split), e.g. "
                    "fashion-mnist, imagefolder:PATH; default: --data, else random samples")
     p.add_argument("--data", metavar="SPEC", help="data set whose held-out split every artifact is also "
                    "checked and scored on (accuracy)")
     p.add_argument("--data-dir", metavar="DIR", help="where the data set's files are")
-    p.add_argument("--calib-samples", type=int, default=200, metavar="N", help="calibration images (default 200)")
-    p.add_argument("--eval-samples", type=int, default=500, metavar="N", help="held-out images (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the parity batch")
-    p.add_argument("--threads", type=int, metavar="N", help="PyTorch compute threads (default: PyTorch's choice; "
+    p.add_argument("--calib-samples", type=positive_int, default=200, metavar="N", help="calibration images (default 200)")
+    p.add_argument("--eval-samples", type=positive_int, default=500, metavar="N", help="held-out images (default 500)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the initial weights and the parity batch")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="PyTorch compute threads (default: PyTorch's choice; "
                    "1 is fastest on a machine shared with other jobs)")
     p.add_argument("--json", action="store_true", help="print build.json instead of the summary")
     p.set_defaults(run=run)
@@ -56,14 +61,8 @@ def run(args) -> int:
     import sys
 
     from spnas_dsl.backends import build
-    from spnas_dsl.errors import UsageError
     from spnas_dsl.parser import load
 
-    for name in ("calib_samples", "eval_samples"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be at least 1")
     network = load(args.file)
     if args.threads:
         import torch
@@ -72,7 +71,7 @@ def run(args) -> int:
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
     result = build(network, _targets(args.to), args.out, weights=args.weights, int8=args.int8, data=args.data,
                    calib_data=args.calib_data, data_dir=args.data_dir, calib_samples=args.calib_samples,
-                   eval_samples=args.eval_samples, seed=args.seed, log=log)
+                   eval_samples=args.eval_samples, seed=args.seed, log=log, force=args.force)
     if args.json:
         print(json.dumps(result.manifest, indent=2))
         return 0

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import sys
 
+from spnas_dsl.cli.options import nonnegative_float, nonnegative_int, positive_int, seed
+
 
 def _timing_options(p, processes: int, rounds: int) -> None:
     p.add_argument("--target", required=True, help="host-tflite, host-onnxruntime or android:SERIAL")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime (default: the target's, 1)")
-    p.add_argument("--processes", type=int, default=processes,
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the runtime (default: the target's, 1)")
+    p.add_argument("--processes", type=positive_int, default=processes,
                    help=f"worker processes, each timing every model (default {processes}); android: passes")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes running at the same time (default 1)")
-    p.add_argument("--rounds", type=int, default=rounds,
+    p.add_argument("--jobs", type=positive_int, default=1, help="worker processes running at the same time (default 1)")
+    p.add_argument("--rounds", type=positive_int, default=rounds,
                    help=f"round-robin visits per model in each process (default {rounds})")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per visit, at least (default 3)")
-    p.add_argument("--min-seconds", type=float, default=5.0, metavar="S",
+    p.add_argument("--runs", type=positive_int, default=3, help="timed runs per visit, at least (default 3)")
+    p.add_argument("--min-seconds", type=nonnegative_float, default=5.0, metavar="S",
                    help="each process keeps visiting (more rounds) until it has timed for S seconds (default 5)")
     p.add_argument("--table", metavar="FILE", help="table file (default: the target's table in the user cache)")
-    p.add_argument("--calibrate", type=int, default=None, metavar="K",
+    p.add_argument("--calibrate", type=nonnegative_int, default=None, metavar="K",
                    help="whole networks to fit the calibration on (default 12; 0: none)")
     p.add_argument("--fit", choices=["affine", "scale"], default="affine",
                    help="calibration: scale * sum + offset (affine, default) or scale * sum")
@@ -56,8 +58,8 @@ def register(sub) -> None:
     _timing_options(b, processes=8, rounds=5)
     b.add_argument("--fresh", action="store_true", help="start a new table (replaces the existing one)")
     b.add_argument("--recalibrate", action="store_true", help="fit the calibration again even if nothing is new")
-    b.add_argument("--chunk", type=int, default=16, help="signatures timed (and saved) together (default 16)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random calibration networks")
+    b.add_argument("--chunk", type=positive_int, default=16, help="signatures timed (and saved) together (default 16)")
+    b.add_argument("--seed", type=seed, default=0, help="seed of the random calibration networks")
     b.set_defaults(run=run_build)
 
     v = lut.add_parser(
@@ -69,20 +71,22 @@ def register(sub) -> None:
     )
     v.add_argument("space", metavar="SPACE")
     _timing_options(v, processes=8, rounds=5)
-    v.add_argument("--samples", type=int, default=100, help="random networks (default 100)")
-    v.add_argument("--seed", type=int, default=1, help="seed of the random networks (default 1)")
+    v.add_argument("--samples", type=positive_int, default=100, help="random networks (default 100)")
+    v.add_argument("--seed", type=seed, default=1, help="seed of the random networks (default 1)")
     v.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured scatter plot (PNG)")
     v.set_defaults(run=run_validate)
 
     e = lut.add_parser(
         "export",
-        help="copy a local table into the repository's targets/ folder",
-        description="Copy the target's table from the user cache into targets/<name>.json (checked first), so "
-        "that it can be committed and used by path (--target targets/<name>.json).",
+        help="copy a local table to a file (e.g. into a repository's targets/ folder)",
+        description="Copy the target's table from the user cache to --to (checked first), so that it can be "
+        "committed and used by path (--target PATH). --to is required: spnasc writes user data only into the "
+        "user cache or where it is told, never into the installed package.",
     )
     e.add_argument("name", metavar="TARGET")
     e.add_argument("--table", metavar="FILE", help="the table to export (default: the target's local table)")
-    e.add_argument("--to", metavar="PATH", help="destination file or folder (default: the repository's targets/)")
+    e.add_argument("--to", metavar="PATH", required=True,
+                   help="destination file, or an existing folder (the file is then named <target>.json)")
     e.add_argument("--force", action="store_true", help="overwrite an existing file")
     e.set_defaults(run=run_export)
 
@@ -200,18 +204,14 @@ def run_export(args) -> int:
 
     from spnas_dsl.errors import UsageError
     from spnas_dsl.profiling.lut import table_path
-    from spnas_dsl.resources import data_path
     from spnas_dsl.targets import local_table_path
     from spnas_dsl.targets.table import load_table, write_table
 
     source = table_path(args.name, args.table)
     table = load_table(source)  # a missing or corrupt table is a TargetError naming the file
-    if args.to:
-        dest = Path(args.to)
-        if dest.is_dir():
-            dest = dest / local_table_path(args.name).name
-    else:
-        dest = data_path("targets") / local_table_path(args.name).name
+    dest = Path(args.to)
+    if dest.is_dir():
+        dest = dest / local_table_path(args.name).name
     if dest.exists() and not args.force:
         raise UsageError(f"{dest} exists; pass --force to overwrite it")
     write_table(dest, table)

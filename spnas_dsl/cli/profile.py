@@ -6,6 +6,8 @@ import json
 import math
 import sys
 
+from spnas_dsl.cli.options import nonnegative_int, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,10 +20,10 @@ def register(sub) -> None:
     )
     p.add_argument("file", metavar="FILE", help="a concrete .spnas network, or a .tflite / .onnx model")
     p.add_argument("--target", required=True, help="host-tflite, host-onnxruntime or android:SERIAL")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime (default: the target's, 1)")
-    p.add_argument("--runs", type=int, default=200, help="timed runs in all (default 200)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs before each batch of runs (default 10)")
-    p.add_argument("--processes", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the runtime (default: the target's, 1)")
+    p.add_argument("--runs", type=positive_int, default=200, help="timed runs in all (default 200)")
+    p.add_argument("--warmup", type=nonnegative_int, default=10, help="untimed runs before each batch of runs (default 10)")
+    p.add_argument("--processes", type=positive_int, default=1,
                    help="fresh worker processes, one after the other, each timing runs/processes runs (default 1)")
     p.add_argument("--benchmark-binary", metavar="PATH", help="android: TFLite's benchmark_model built for the phone "
                    "(or $SPNAS_BENCHMARK_MODEL)")

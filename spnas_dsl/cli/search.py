@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import os
 
+from spnas_dsl.cli.options import (
+    nonnegative_float,
+    nonnegative_int,
+    open_fraction,
+    out_folder,
+    positive_float,
+    positive_int,
+    seed,
+)
+
 # Options that decide the result: with --resume they must match the saved run (or be left out).
 _RESULT_OPTIONS = {
     "target": "target", "data": "data", "data_dir": "data_dir", "epochs": "epochs", "warmup_epochs": "warmup_epochs",
@@ -29,11 +39,11 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="SPEC",
                    help="fashion-mnist (default), imagefolder:PATH (ImageNet layout), synthetic[:N]")
     p.add_argument("--data-dir", metavar="DIR", help="folder of the Fashion-MNIST IDX files")
-    p.add_argument("--epochs", type=int, help="epochs of the search (default 8, as the official recipe)")
-    p.add_argument("--warmup-epochs", type=float,
+    p.add_argument("--epochs", type=positive_int, help="epochs of the search (default 8, as the official recipe)")
+    p.add_argument("--warmup-epochs", type=nonnegative_float,
                    help="epochs with lambda 0 and indicator dropout first (default 5/8 of --epochs)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--lambda", dest="lambda_", type=float, metavar="L",
+    g.add_argument("--lambda", dest="lambda_", type=nonnegative_float, metavar="L",
                    help="latency weight: loss = CE + L * 1000 * ln(latency_ms), the official scaling (default 0.02)")
     g.add_argument("--latency-budget", type=_budget, metavar="MS|P%",
                    help="the found network's predicted latency: at most MS and at least --budget-floor * MS; or P%%: "
@@ -42,35 +52,40 @@ def register(sub) -> None:
                    help="how the network is read off the trained supernet: 'paper' = the thresholds' decisions "
                    "(the paper's recipe); 'evolution' (default) = from there, an evolutionary search of the budget "
                    "band scored by the supernet's held-out accuracy (docs/search.md)")
-    p.add_argument("--budget-floor", type=float, metavar="F",
+    p.add_argument("--budget-floor", type=positive_float, metavar="F",
                    help="with --latency-budget: the written network is at least F * MS (default 0.98)")
-    p.add_argument("--evaluations", type=int, metavar="N",
+    p.add_argument("--evaluations", type=positive_int, metavar="N",
                    help="--method evolution: networks scored with inherited weights (default 48)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="global batch size (default 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.016 * B / 256 for rmsprop, 0.1 * B / 256 for sgd)")
+    p.add_argument("--batch-size", type=positive_int, metavar="B", help="global batch size (default 128)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 0.016 * B / 256 for rmsprop, 0.1 * B / 256 for sgd)")
     p.add_argument("--optimizer", choices=["rmsprop", "sgd"],
                    help="rmsprop (official: TF-style, exponential decay) or sgd (Nesterov, cosine)")
-    p.add_argument("--threshold-travel", type=float, metavar="T",
+    p.add_argument("--threshold-travel", type=positive_float, metavar="T",
                    help="how far (in weight-norm units) a threshold can move over the latency phase: its constant "
                    "lr is T / latency-phase steps, with normalised steps (default 10; see docs/search.md)")
     p.add_argument("--official-thresholds", action="store_true",
                    help="optimise the thresholds exactly as the weights (the official recipe); their gradients "
                    "vanish while norms are far above them, so decisions barely move in short searches")
-    p.add_argument("--image-size", type=int, metavar="S",
+    p.add_argument("--image-size", type=positive_int, metavar="S",
                    help="train at SxS (a proxy; latency is still priced at the space's declared input)")
-    p.add_argument("--subset", type=int, metavar="N", help="use N training images (a seeded random choice)")
-    p.add_argument("--val-subset", type=int, metavar="N",
+    p.add_argument("--subset", type=positive_int, metavar="N", help="use N training images (a seeded random choice)")
+    p.add_argument("--val-subset", type=positive_int, metavar="N",
                    help="held-out images to evaluate (default: all, or max(N/5, 1000) with --subset)")
-    p.add_argument("--val-fraction", type=float, metavar="F",
+    p.add_argument("--val-fraction", type=open_fraction, metavar="F",
                    help="hold out this fraction of the training images instead of the data set's own held-out split")
-    p.add_argument("--seed", type=int, help="random seed (default 0): init, data order, indicator dropout")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<space>-<target>-<date>-<time>)")
+    p.add_argument("--seed", type=seed, help="random seed (default 0): init, data order, indicator dropout")
+    p.add_argument("--out", metavar="DIR", type=out_folder,
+                   help="output folder, new or empty (default runs/<space>-<target>-<date>-<time>)")
+    p.add_argument("--force", action="store_true",
+                   help="start a new search in a non-empty --out: removes the previous run's files (arch.spnas, "
+                   "search.json, checkpoint.pt, plots, tensorboard/) and keeps any others")
     p.add_argument("--resume", metavar="DIR", help="continue the search saved in DIR (its checkpoint.pt)")
-    p.add_argument("--nproc", type=int, metavar="N", help="run N data-parallel processes on this machine")
+    p.add_argument("--nproc", type=positive_int, metavar="N", help="run N data-parallel processes on this machine")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
-    p.add_argument("--workers", type=int, metavar="N", help="data loader processes for image folders (default 4)")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="mid-epoch checkpoint interval (default 100)")
-    p.add_argument("--log-every", type=int, metavar="STEPS", help="history / log interval in steps (default 20)")
+    p.add_argument("--workers", type=nonnegative_int, metavar="N",
+                   help="data loader processes for image folders (default: up to 4, one per core available)")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS", help="mid-epoch checkpoint interval (default 100)")
+    p.add_argument("--log-every", type=positive_int, metavar="STEPS", help="history / log interval in steps (default 20)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines")
     p.set_defaults(run=run)
 
@@ -83,9 +98,10 @@ def _budget(text: str) -> float:
     import argparse
 
     try:
-        return _Percentile(text[:-1]) if text.endswith("%") else float(text)
+        value = _Percentile(text[:-1]) if text.endswith("%") else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a latency in ms or a percentile like 40%, got '{text}'") from None
+    return value if isinstance(value, _Percentile) else positive_float(text)  # ms: finite and > 0
 
 
 def _split_budget(args) -> None:
@@ -103,6 +119,8 @@ def _config(args):
 
     _split_budget(args)
     if args.resume:
+        if args.force:
+            raise UsageError("--force starts a new search in --out; --resume continues the one in its folder")
         cfg, state = load_resume(args.resume)
         if args.space and Path(args.space).resolve() != Path(cfg.space).resolve():
             raise UsageError(f"--resume {args.resume} continues a search of {cfg.space}, not {args.space}")
@@ -121,6 +139,10 @@ def _config(args):
         return cfg, state, args.resume
     if not args.space:
         raise UsageError("give a SPACE to search (or --resume DIR)")
+    if args.out:
+        from spnas_dsl.training.rundir import check_out
+
+        check_out(args.out, "search", force=args.force)  # before anything is loaded: nothing lost, nothing waited for
     try:
         text = Path(args.space).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -144,6 +166,10 @@ def run(args) -> int:
     from spnas_dsl.training.distributed import QUIET_RANK_ENV, launch_local
 
     if args.nproc is not None and args.nproc > 1:
+        if args.out and not args.resume:  # one message, before N processes start
+            from spnas_dsl.training.rundir import check_out
+
+            check_out(args.out, "search", force=args.force)
         return launch_local(args.nproc, _child_argv(args))
     try:
         return _run(args)
@@ -157,7 +183,7 @@ def _run(args) -> int:
     from spnas_dsl.search import run_search
 
     cfg, state, out = _config(args)
-    result = run_search(cfg, out_dir=out, resume=state, quiet=args.quiet)
+    result = run_search(cfg, out_dir=out, resume=state, quiet=args.quiet, force=args.force)
     if result is None:  # ranks other than 0
         return 0
     print()
@@ -185,4 +211,5 @@ def _child_argv(args) -> list[str]:
         if value is not None:
             text = f"{float(value):g}%" if isinstance(value, _Percentile) else str(value)
             argv += ["--" + opt.rstrip("_").replace("_", "-"), text]
-    return argv + (["--quiet"] if args.quiet else []) + (["--official-thresholds"] if args.official_thresholds else [])
+    flags = {"--quiet": args.quiet, "--official-thresholds": args.official_thresholds, "--force": args.force}
+    return argv + [flag for flag, given in flags.items() if given]

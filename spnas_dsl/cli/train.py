@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from spnas_dsl.cli.options import nonnegative_float, nonnegative_int, out_folder, positive_float, positive_int, seed
 from spnas_dsl.errors import SpnasError
 
 # Options with a value, in the order they are passed on to --nproc workers: (flag, dest).
@@ -42,35 +43,40 @@ def register(sub) -> None:
                    help="fashion-mnist | imagefolder:PATH | synthetic[:N] (required unless --resume)")
     p.add_argument("--data-dir", metavar="DIR", help="where the data set's files are (Fashion-MNIST: default "
                    "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--epochs", type=int, metavar="N", help="epochs to train (default 10; with --resume: the new total)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="global batch size, over all processes (default 128)")
-    p.add_argument("--lr", type=float, metavar="LR",
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="epochs to train (default 10; with --resume: the new total)")
+    p.add_argument("--batch-size", type=positive_int, metavar="B", help="global batch size, over all processes (default 128)")
+    p.add_argument("--lr", type=positive_float, metavar="LR",
                    help="peak learning rate (default 0.016*B/256 for rmsprop, 0.1*B/256 for sgd)")
     p.add_argument("--optimizer", choices=["rmsprop", "sgd"], help="rmsprop (default, MnasNet recipe) or sgd (+ cosine)")
-    p.add_argument("--warmup-epochs", type=float, metavar="W", help="linear lr warm-up epochs (default 0)")
-    p.add_argument("--image-size", type=int, metavar="S",
+    p.add_argument("--warmup-epochs", type=nonnegative_float, metavar="W", help="linear lr warm-up epochs (default 0)")
+    p.add_argument("--image-size", type=positive_int, metavar="S",
                    help="train at S x S (default: the arch's input size; arch.spnas then records SxS)")
-    p.add_argument("--subset", type=int, metavar="N", help="train on N images (a seeded random choice); the "
+    p.add_argument("--subset", type=positive_int, metavar="N", help="train on N images (a seeded random choice); the "
                    "held-out split is cut to max(N/5, 1000) images")
-    p.add_argument("--val-subset", type=int, metavar="N",
+    p.add_argument("--val-subset", type=positive_int, metavar="N",
                    help="evaluate on N held-out images (a seeded random choice; default: all of them, or "
                    "max(subset / 5, 1000) with --subset)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of the weights, batch order and subsets (default 0)")
+    p.add_argument("--seed", type=seed, metavar="S", help="seed of the weights, batch order and subsets (default 0)")
     p.add_argument("--init-from", metavar="SEARCH_DIR",
                    help="start from the weights of a 'spnasc search' output folder's supernet (the arch must be a "
                    "network of that search's space)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/train-<name>-<time>/)")
+    p.add_argument("--out", metavar="DIR", type=out_folder,
+                   help="output folder, new or empty (default runs/train-<name>-<time>/)")
+    p.add_argument("--force", action="store_true", default=None,
+                   help="start a new run in a non-empty --out: removes the previous run's files (checkpoint.pt, "
+                   "model.safetensors, arch.spnas, metrics.json, tensorboard/) and keeps any others")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint "
                    "(its settings are reused; --epochs may raise the total)")
-    p.add_argument("--nproc", type=int, metavar="N", help="run N data-parallel processes on this machine (gloo on "
+    p.add_argument("--nproc", type=positive_int, metavar="N", help="run N data-parallel processes on this machine (gloo on "
                    "CPU, NCCL on GPUs); under torchrun leave it out")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
-    p.add_argument("--checkpoint-minutes", type=float, metavar="M",
+    p.add_argument("--checkpoint-minutes", type=nonnegative_float, metavar="M",
                    help="also checkpoint mid-epoch every M minutes (default 10; 0: at epoch ends only)")
-    p.add_argument("--bn-recalibrate", type=int, metavar="N",
+    p.add_argument("--bn-recalibrate", type=nonnegative_int, metavar="N",
                    help="before each held-out evaluation, re-estimate the BN statistics on N training images "
                    "(precise BN; default 1024; 0: keep the running averages)")
-    p.add_argument("--workers", type=int, metavar="N", help="data loader processes for image folders (default 4)")
+    p.add_argument("--workers", type=nonnegative_int, metavar="N",
+                   help="data loader processes for image folders (default: up to 4, one per core available)")
     p.add_argument("--quiet", "-q", action="store_true", default=None,
                    help="no progress bar: a summary line every 50 steps and per epoch")
     p.set_defaults(run=run)
@@ -88,6 +94,8 @@ def worker_argv(args) -> list[str]:
             argv += [flag, str(value)]
     if args.quiet:
         argv.append("--quiet")
+    if args.force:
+        argv.append("--force")
     return argv
 
 
@@ -109,8 +117,10 @@ def run(args) -> int:
     if args.nproc is not None and args.nproc != 1:
         from spnas_dsl.training.distributed import launch_local
 
-        if args.nproc < 1:
-            raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+        if args.resume is None and args.out is not None:  # one message, before N processes start
+            from spnas_dsl.training.rundir import check_out
+
+            check_out(args.out, "train", force=bool(args.force))
         if args.arch is not None:  # the commonest mistakes, reported once before starting N processes
             from spnas_dsl.compiler.network import require_concrete
             from spnas_dsl.parser import load
@@ -148,6 +158,8 @@ def _train(args) -> int:
             raise UsageError("--init-from starts a new run; it cannot be combined with --resume")
         if args.out is not None and Path(args.out) != Path(args.resume):
             raise UsageError("--resume DIR writes into DIR; leave out --out")
+        if args.force:
+            raise UsageError("--force starts a new run in --out; --resume continues the one in its folder")
         start = time.monotonic()
         result = train(args.arch, resume=args.resume, resume_overrides=given)
     else:
@@ -155,7 +167,7 @@ def _train(args) -> int:
             raise UsageError("--data SPEC is required (fashion-mnist | imagefolder:PATH | synthetic)")
         settings = TrainSettings(**{k: v for k, v in given.items() if v is not None})
         start = time.monotonic()
-        result = train(args.arch, settings, out=args.out)
+        result = train(args.arch, settings, out=args.out, force=bool(args.force))
     from spnas_dsl.training.distributed import env_world
 
     world = env_world()

@@ -18,6 +18,7 @@ of ``(seed, epoch, batch)`` for in-memory sets and ``(seed, epoch, index)`` for 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,7 +26,7 @@ from typing import Protocol
 import torch
 
 from spnas_dsl.data.transforms import Normalization, convert_channels, random_crop_flip, resize, to_float
-from spnas_dsl.errors import DataError
+from spnas_dsl.errors import DataError, UsageError
 
 __all__ = [
     "DATASETS",
@@ -33,6 +34,7 @@ __all__ = [
     "DatasetSplits",
     "ImageDataset",
     "TensorImageDataset",
+    "default_workers",
     "epoch_permutation",
     "open_dataset",
     "register_dataset",
@@ -129,13 +131,14 @@ class Batches:
       when shuffling, the permutation is padded by wrapping so every rank has the same count).
     - ``drop_last``: leave out an incomplete last batch (training; keeps BN statistics sane).
     - ``start_batch``: skip the first batches (resuming mid-epoch).
-    - ``num_workers``: DataLoader worker processes for per-sample (on-disk) data sets.
+    - ``num_workers``: DataLoader worker processes for per-sample (on-disk) data sets; None:
+      :func:`default_workers` (from the cores this process may use).
     - ``memory_format``: e.g. ``torch.channels_last`` (much faster depthwise convolutions on CPU).
     """
 
     def __init__(self, dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
                  rank: int = 0, world: int = 1, drop_last: bool = False, start_batch: int = 0,
-                 num_workers: int = 0, device: str | torch.device = "cpu",
+                 num_workers: int | None = 0, device: str | torch.device = "cpu",
                  memory_format: torch.memory_format | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -144,7 +147,7 @@ class Batches:
         self.seed, self.epoch = seed, epoch
         self.drop_last = drop_last
         self.start_batch = start_batch
-        self.num_workers = num_workers
+        self.num_workers = default_workers(world) if num_workers is None else num_workers
         self.device = torch.device(device)
         self.memory_format = memory_format
         n = len(dataset)
@@ -152,6 +155,7 @@ class Batches:
         if world > 1 and shuffle and n % world:
             order = torch.cat([order, order[: world - n % world]])  # pad: equal shard sizes
         self.indices = order[rank::world]
+        self.rank = rank
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -183,15 +187,82 @@ class Batches:
         flat = self.indices[self.start_batch * self.batch_size :].tolist()
         if self.drop_last:
             flat = flat[: len(self) * self.batch_size]
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=flat, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        reporting = hasattr(self.dataset, "load")  # skips unreadable files and names them (image folders)
+        loader = DataLoader(_Loading(self.dataset) if reporting else self.dataset, batch_size=self.batch_size,
+                            sampler=flat, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        new: dict[str, str] = {}
         try:
-            for x, y in loader:
+            for item in loader:
+                x, y = item[0], item[1]
+                if reporting:
+                    self._note_unreadable(item[2], new)
                 yield (self._format(to_float(x.to(self.device, non_blocking=True), norm)),
                        y.to(self.device, non_blocking=True))
         except DataError as exc:  # re-raised from a worker with its traceback in the message
             lines = [ln for ln in str(exc).splitlines() if "DataError: " in ln]
             raise DataError(lines[-1].split("DataError: ", 1)[1] if lines else exc.message) from None
+        if new and self.rank == 0:
+            import sys
+
+            seen = self.dataset.unreadable
+            first = next(iter(new.items()))
+            print(f"data: skipped {len(new)} unreadable image{'s' if len(new) > 1 else ''} in this pass "
+                  f"({len(seen)} of {len(self.dataset)} so far; the run stops past "
+                  f"{_unreadable_limit(len(self.dataset))}), e.g. {first[0]}: {first[1]}", file=sys.stderr, flush=True)
+
+    def _note_unreadable(self, problems: list[str], new: dict[str, str]) -> None:
+        """Record the unreadable files of one batch; past the limit, stop with all their names."""
+        seen = self.dataset.unreadable
+        for text in problems:
+            for line in filter(None, text.split("\n")):
+                path, _, reason = line.partition("\t")
+                if path not in seen:
+                    seen[path] = new[path] = reason
+        limit = _unreadable_limit(len(self.dataset))
+        if len(seen) > limit:
+            names = list(seen)
+            raise DataError(f"{len(seen)} images of this split cannot be decoded (more than {limit}, 1 % of its "
+                            f"{len(self.dataset)} images, at least 10): {', '.join(names[:5])}"
+                            + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                            + f"; first: {names[0]}: {seen[names[0]]}. Repair or remove them")
+
+
+class _Loading:
+    """A per-sample data set seen through its ``load`` (image, label, problems): what DataLoader
+    workers return, so that the main process learns which files were unreadable."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset.load(index)
+
+
+def _unreadable_limit(n: int) -> int:
+    from spnas_dsl.data.imagefolder import unreadable_limit
+
+    return unreadable_limit(n)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(processes: int = 1) -> int:
+    """DataLoader workers per process for on-disk data: up to 4, leaving one core per training process.
+
+    More workers than cores makes torch print warnings before every message and only adds
+    switching; 2 cores give 1 worker, 1 core decodes in the main process (0).
+    """
+    return max(0, min(4, available_cores() // max(processes, 1) - 1))
 
 
 def subset_indices(n: int, count: int, seed: int) -> torch.Tensor:
@@ -267,11 +338,15 @@ def open_dataset(spec: str, image_size: int, channels: int, *, data_dir: str | N
         raise DataError(f"data set '{spec}' has {splits.num_classes} classes but the network has only "
                         f"{num_classes}")
     train, val = splits.train, splits.val
+    # A subset larger than the split is a mistake the user should hear about (not a silent "all").
+    for option, count, split, what in (("--subset", subset, train, "training"),
+                                       ("--val-subset", val_subset, val, "held-out")):
+        if count is not None and not 1 <= count <= len(split):
+            raise UsageError(f"{option} {count}: the {what} split of '{spec}' has {len(split)} images"
+                             + ("" if count >= 1 else "; give a positive number"))
     if subset is not None:
-        if subset < 1:
-            raise DataError(f"--subset must be positive, got {subset}")
         train = train.subset(subset_indices(len(train), subset, seed))
-        val_subset = val_subset if val_subset is not None else max(subset // 5, 1000)
+        val_subset = val_subset if val_subset is not None else min(max(subset // 5, 1000), len(val))
     if val_subset is not None:
         val = val.subset(subset_indices(len(val), val_subset, seed + 1))
     if len(train) == 0 or len(val) == 0:

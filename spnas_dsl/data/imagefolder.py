@@ -9,7 +9,13 @@ are the classes.
 Decoding is per image with PIL, in DataLoader workers. Training images: the shorter side
 is resized to ``image_size / 0.875``, then a random ``image_size`` crop and a random
 left-right flip (randomness seeded by ``(seed, epoch, index)``, so resuming is exact).
-Held-out images: the same resize, then a centre crop. Grey images become RGB by
+Held-out images: the same resize, then a centre crop.
+
+Unreadable images (truncated or corrupt files) are skipped: the next readable image of the
+split takes the place of each (so batches keep their size and order stays a function of the
+seed), :class:`~spnas_dsl.data.Batches` counts them and prints one summary line per pass that
+met new ones, and stops with a :class:`DataError` naming them once more than
+:func:`unreadable_limit` images of a split are unreadable (1 %, at least 10). Grey images become RGB by
 replicating, RGB becomes grey by luminance (PIL's ``convert('L')``), as the network's
 declared channels ask. Normalisation: the ImageNet statistics, mean (0.485, 0.456, 0.406),
 std (0.229, 0.224, 0.225) (their luminance for one channel).
@@ -30,6 +36,17 @@ from spnas_dsl.errors import DataError
 IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 CROP_FRACTION = 0.875
+UNREADABLE_FRACTION = 0.01  # past this share of a split (and at least UNREADABLE_MIN images), stop
+UNREADABLE_MIN = 10
+
+
+class _Unreadable(Exception):
+    """An image file PIL cannot decode (the message is PIL's reason)."""
+
+
+def unreadable_limit(n: int) -> int:
+    """How many unreadable images a split of ``n`` images may hold before a run stops."""
+    return max(UNREADABLE_MIN, int(n * UNREADABLE_FRACTION))
 
 
 def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
@@ -60,6 +77,7 @@ class ImageFolderDataset:
         self.train = train
         self.seed = 0
         self.epoch = 0
+        self.unreadable: dict[str, str] = {}  # path -> reason, as met by Batches (main process)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -75,14 +93,34 @@ class ImageFolderDataset:
         self.seed, self.epoch = seed, epoch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label, _ = self.load(index)
+        return image, label
+
+    def load(self, index: int) -> tuple[torch.Tensor, int, str]:
+        """(image, label, problems) of sample ``index``; an unreadable file is replaced by the next
+        readable sample and named in ``problems`` (``path<TAB>reason`` lines; empty when none)."""
+        problems = []
+        n = len(self.samples)
+        for k in range(min(n, unreadable_limit(n) + 1)):
+            j = (index + k) % n
+            path, label = self.samples[j]
+            try:
+                return self._decode(j), label, "\n".join(problems)
+            except _Unreadable as exc:
+                problems.append(f"{path}\t{str(exc).replace(' ' + repr(path), '')}")  # PIL repeats the path
+        first, reason = problems[0].split("\t", 1)
+        raise DataError(f"cannot decode image {first}: {reason}" + (
+            f" (nor the next {len(problems) - 1} images of the split)" if len(problems) > 1 else ""))
+
+    def _decode(self, index: int) -> torch.Tensor:
         from PIL import Image
 
-        path, label = self.samples[index]
+        path, _ = self.samples[index]
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB" if self.channels == 3 else "L")
         except Exception as exc:  # noqa: BLE001 (PIL raises many types for a bad file)
-            raise DataError(f"cannot decode image {path}: {exc}") from None
+            raise _Unreadable(str(exc) or type(exc).__name__) from None
         size = self.image_size
         short = max(size, round(size / CROP_FRACTION))
         w, h = img.size
@@ -100,7 +138,7 @@ class ImageFolderDataset:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(img, dtype=np.uint8)
         array = array[:, :, None] if array.ndim == 2 else array
-        return torch.from_numpy(array.transpose(2, 0, 1).copy()), label
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
 @register_dataset("imagefolder")
