@@ -79,6 +79,18 @@ def straight_through_indicator(norm: torch.Tensor, threshold: torch.Tensor) -> t
 _ON, _OFF = -1.0, 1e9  # thresholds that a norm (>= 0) always passes / never reaches
 
 
+def _nested_mask(parts: torch.Tensor, on: list[torch.Tensor]) -> torch.Tensor:
+    """``parts[0] + sum_i (prod_{j<=i} on_j) * parts[i+1]``: the multiplier of nested subsets
+    (kernel shells or channel groups), written with as few small ops as possible (one multiply
+    per decision): a supernet step computes it for every searched layer."""
+    mask = parts[0]
+    reach: torch.Tensor | None = None
+    for flag, part in zip(on, parts[1:]):
+        reach = flag if reach is None else reach * flag
+        mask = mask + reach * part
+    return mask
+
+
 class SuperKernel(nn.Conv2d):
     """The depthwise superkernel of one searched layer, with its decision thresholds.
 
@@ -104,6 +116,10 @@ class SuperKernel(nn.Conv2d):
             if i:
                 shells[i] -= shells[:i].sum(0)
         self.register_buffer("shells", shells, persistent=False)
+        groups = torch.zeros(len(expansions), channels)  # row i: 1 on channel group i
+        for i, (lo, hi) in enumerate(zip((0,) + self.group_ends[:-1], self.group_ends)):
+            groups[i, lo:hi] = 1.0
+        self.register_buffer("channel_groups", groups, persistent=False)
         for name in self.decision_names:
             self.register_parameter(f"threshold_{name}", nn.Parameter(torch.zeros(())))
 
@@ -142,23 +158,13 @@ class SuperKernel(nn.Conv2d):
 
     def _kernel_mask(self, kernel_on: list[torch.Tensor]) -> torch.Tensor:
         """(k, k) multiplier: 1 on the smallest kernel, prod_{j<=i} kernel_on[j] on shell i+1 (Eq. 1)."""
-        mask: torch.Tensor = self.shells[0]
-        reach: torch.Tensor | float = 1.0
-        for on, shell in zip(kernel_on, self.shells[1:]):
-            reach = reach * on
-            mask = mask + reach * shell
-        return mask
+        return _nested_mask(self.shells, kernel_on)
 
     def channel_mask(self, indicators: LayerIndicators) -> torch.Tensor | None:
         """(channels,) multiplier of the channel groups (Eq. 3-4); None with a single group."""
         if not indicators.expansion_on:
             return None
-        parts = [self.weight.new_ones(self.group_ends[0])]
-        reach: torch.Tensor | float = 1.0
-        for on, lo, hi in zip(indicators.expansion_on, self.group_ends[:-1], self.group_ends[1:]):
-            reach = reach * on
-            parts.append(reach * self.weight.new_ones(hi - lo))
-        return torch.cat(parts)
+        return _nested_mask(self.channel_groups, indicators.expansion_on)
 
     def forward(self, x: torch.Tensor, indicators: LayerIndicators) -> torch.Tensor:  # type: ignore[override]
         """Depthwise conv with the kernel shells of ``indicators`` (channel groups are masked later)."""

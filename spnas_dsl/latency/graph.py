@@ -338,7 +338,7 @@ class LatencyGraph:
             # multilinear form of LayerIndicators.option_weights in a few ops per layer
             layer = _levels(ind.kernel_on, grid) @ grid @ _levels(ind.expansion_on, grid)
             if ind.active is not None:
-                layer = ind.active * layer + (1 - ind.active) * skip_ms
+                layer = ind.active * layer if not skip_ms else ind.active * (layer - skip_ms) + skip_ms
             total = total + layer
         if not isinstance(total, torch.Tensor):
             total = torch.tensor(float(total))
@@ -377,6 +377,9 @@ def _levels(on: list, like):
 
     if not on:
         return like.new_ones(1)
+    if len(on) == 1:  # the common case (two candidates): [1 - on, on]
+        flag = torch.as_tensor(on[0], dtype=like.dtype, device=like.device)
+        return torch.stack([1 - flag, flag])
     flags = torch.stack([torch.as_tensor(f, dtype=like.dtype, device=like.device) for f in on])
     reach = torch.cat([like.new_ones(1), torch.cumprod(flags, 0)])
     return reach - torch.cat([reach[1:], like.new_zeros(1)])
