@@ -19,6 +19,18 @@ KERNEL_SIZES = (3, 5, 7)
 EXPANSIONS = (1, 2, 3, 4, 5, 6)
 STRIDES = (1, 2)
 
+# Size limits of the language (docs/language.md, "Limits"). They exist so that a typo such as
+# `99999999x mbconv` is a located error in milliseconds instead of a multi-GB, minutes-long
+# expansion; each is far above any network in the literature.
+MAX_FILE_BYTES = 128 * 1024       # a .spnas file (shipped files are ~1 KB; Lark parses ~0.4 MB/s)
+MAX_NUMBER_CHARS = 32             # one number token (longer ones are never meaningful)
+MAX_LAYERS = 1000                 # MBConv layers per network, skipped ones and repeats included
+MAX_CHANNELS = 16384              # any channel count, as written and after the width multiplier
+MAX_INPUT_SIDE = 8192             # input height and width
+MAX_CLASSES = 100_000             # outputs of the classifier
+MAX_WIDTH = 16.0                  # width multiplier
+MAX_STEM_KERNEL = 15              # stem conv kernel size
+
 
 class Node(BaseModel):
     """Base IR node: frozen, no unknown fields, a source span that equality ignores."""

@@ -15,7 +15,19 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.tree import Meta
 
 from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError
-from spnas_dsl.ir import Choice, Comment, Head, InputSize, Layer, Network, Stage, Stem
+from spnas_dsl.ir import (
+    MAX_FILE_BYTES,
+    MAX_LAYERS,
+    MAX_NUMBER_CHARS,
+    Choice,
+    Comment,
+    Head,
+    InputSize,
+    Layer,
+    Network,
+    Stage,
+    Stem,
+)
 from spnas_dsl.resources import data_path
 
 # Friendly names for terminals in "expected ..." messages.
@@ -49,6 +61,10 @@ def parse_text(text: str, filename: str = "<string>") -> Network:
     from spnas_dsl.validate import validate  # the semantic pass runs on the decoded IR
 
     comments: list[Comment] = []
+    if len(text) > MAX_FILE_BYTES:  # before Lark: a huge file must fail fast, not parse for minutes
+        raise SpnasSyntaxError(
+            f"file too large: {len(text)} characters, the limit is {MAX_FILE_BYTES}", Span(filename, 1, 1)
+        )
     if not text.strip() or all(
         not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
     ):
@@ -81,6 +97,9 @@ def load(path: str | Path) -> Network:
     if path.is_dir():
         raise SpnasSyntaxError("is a directory, not a .spnas file", Span(name, 1, 1))
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # never read a 50 MB file into memory to reject it
+            raise SpnasSyntaxError(f"file too large: {size} bytes, the limit is {MAX_FILE_BYTES}", Span(name, 1, 1))
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SpnasSyntaxError("no such file", Span(name, 1, 1)) from None
@@ -128,6 +147,11 @@ def _expected(names) -> str:
     return " or ".join(friendly) if friendly else "something else"
 
 
+def _short(text: str) -> str:
+    """A token for a message: a 5,000-digit number is shown by its ends and its length."""
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
+
+
 class _Param:
     """A decoded ``name=value`` with its location; value is a float, a str or a tuple."""
 
@@ -157,6 +181,7 @@ class _IRBuilder(Transformer):
         super().__init__()
         self.filename, self.text = filename, text
         self.errors: list[SpnasError] = []
+        self.layer_count = 0  # layers so far, repeats expanded (checked against MAX_LAYERS)
 
     # -- helpers ---------------------------------------------------------------
     def _span(self, item) -> Span:
@@ -170,8 +195,18 @@ class _IRBuilder(Transformer):
     def _error(self, message: str, span: Span) -> None:
         self.errors.append(SpnasValidationError(message, span, self.text))
 
+    def _float(self, token: Token) -> float:
+        """A number token's value; out-of-range numbers (``1e999``, 400 digits) become a located
+        error and a harmless placeholder, so no later ``int()`` can overflow."""
+        text = str(token)
+        value = float(text) if len(text) <= MAX_NUMBER_CHARS else float("inf")
+        if not abs(value) < 2.0**53:  # also catches inf and nan; above 2**53 floats are not whole numbers
+            self._error(f"number out of range: {_short(text)}", self._span(token))
+            return 1.0
+        return value
+
     def _int(self, token: Token, what: str) -> int:
-        value = float(token)
+        value = self._float(token)
         if value != int(value):
             self._error(f"{what} must be an integer, got {token}", self._span(token))
         return int(value)
@@ -233,14 +268,14 @@ class _IRBuilder(Transformer):
 
     # -- terminals and small rules --------------------------------------------
     def number(self, token: Token):
-        return float(token)
+        return self._float(token)
 
     def word(self, token: Token):
         return str(token)
 
     @v_args(inline=False, meta=True)
     def candidates(self, meta, items):
-        return tuple(float(t) for t in items if t is not None)
+        return tuple(self._float(t) for t in items if t is not None)
 
     @v_args(inline=False, meta=True)
     def param(self, meta, items):
@@ -255,13 +290,22 @@ class _IRBuilder(Transformer):
     @v_args(inline=False, meta=True)
     def repeat(self, meta, items):
         (count,) = items
-        return (int(count), self._span(count))
+        text = str(count)
+        if len(text) > MAX_NUMBER_CHARS or int(text) > MAX_LAYERS:  # before int(): 5,000 digits
+            self._error(f"repeat count {_short(text)} is over the limit of {MAX_LAYERS} layers per network",
+                        self._span(count))
+            return (0, None)  # the layer is dropped; the error above is reported
+        return (int(text), self._span(count))
 
     # -- statements ---------------------------------------------------------------
     @v_args(inline=False, meta=True)
     def input_size(self, meta, items):
         (size,) = items
-        h, w, c = (int(v) for v in str(size).split("x"))
+        parts = str(size).split("x")
+        if any(len(v) > MAX_NUMBER_CHARS for v in parts):
+            self._error(f"input size out of range: {_short(str(size))}", self._span(size))
+            parts = ["1", "1", "1"]
+        h, w, c = (int(v) for v in parts)
         return ("input", InputSize(height=h, width=w, channels=c, span=self._span(size)), self._span(meta))
 
     @v_args(inline=False, meta=True)
@@ -272,7 +316,7 @@ class _IRBuilder(Transformer):
     @v_args(inline=False, meta=True)
     def width(self, meta, items):
         (tok,) = items
-        return ("width", (float(tok), self._span(tok)), self._span(meta))
+        return ("width", (self._float(tok), self._span(tok)), self._span(meta))
 
     @v_args(inline=False, meta=True)
     def stem(self, meta, items):
@@ -301,8 +345,14 @@ class _IRBuilder(Transformer):
     def layer(self, meta, items):
         repeat, first, *rest = items
         count, count_span = repeat if repeat is not None else (1, None)
-        if count < 1:
+        if count < 1 and count_span is not None:
             self._error("a repeat count must be at least 1", count_span)
+        if self.layer_count <= MAX_LAYERS:
+            self.layer_count += max(count, 1)
+            if self.layer_count > MAX_LAYERS:  # reported once, at the line that crosses the limit
+                self._error(f"too many layers: more than {MAX_LAYERS} in the network", first.span)
+        if self.layer_count > MAX_LAYERS:
+            return []  # stop building: the error is reported and a huge list would exhaust memory
         kernel = expansion = None
         skip = False
         mbconvs = 0
