@@ -16,6 +16,8 @@ from lark.tree import Meta
 
 from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError
 from spnas_dsl.ir import (
+    BN_EPS,
+    BN_MOMENTUM,
     MAX_FILE_BYTES,
     MAX_LAYERS,
     MAX_NUMBER_CHARS,
@@ -35,7 +37,7 @@ _TOKEN_NAMES = {
     "NAME": "a name", "PARAM_NAME": "a parameter name=", "SIGNED_NUMBER": "a number", "INT": "an integer", "SIZE": "a size HxWxC",
     "LBRACE": "'{'", "RBRACE": "'}'", "LESSTHAN": "'<'", "MORETHAN": "'>'", "EQUAL": "'='",
     "COMMA": "','", "VBAR": "'|'", "X": "'x'", "NETWORK": "'network'", "INPUT": "'input'",
-    "CLASSES": "'classes'", "WIDTH": "'width'", "STEM": "'stem'", "HEAD": "'head'", "STAGE": "'stage'",
+    "CLASSES": "'classes'", "WIDTH": "'width'", "BN": "'bn'", "STEM": "'stem'", "HEAD": "'head'", "STAGE": "'stage'",
     "$END": "end of file",
 }
 
@@ -170,6 +172,7 @@ _OP_PARAMS = {
     "head": {"conv": {"c", "dropout"}},
     "layer": {"mbconv": {"k", "e"}, "skip": set()},
     "stage": {"c", "s"},
+    "bn": {"eps", "momentum"},
 }
 
 
@@ -319,6 +322,16 @@ class _IRBuilder(Transformer):
         return ("width", (self._float(tok), self._span(tok)), self._span(meta))
 
     @v_args(inline=False, meta=True)
+    def bn(self, meta, items):
+        span = self._span(meta)
+        params = self._params(_Op("bn", list(items), span), _OP_PARAMS["bn"], "bn")
+        if not params:
+            self._error("'bn' needs eps= and/or momentum= (e.g. bn eps=1e-5 momentum=0.1)", span)
+        eps = self._scalar(params, "eps", "BatchNorm epsilon", False, span, BN_EPS)
+        momentum = self._scalar(params, "momentum", "BatchNorm momentum", False, span, BN_MOMENTUM)
+        return ("bn", (float(eps), float(momentum)), span)
+
+    @v_args(inline=False, meta=True)
     def stem(self, meta, items):
         (op,) = items
         if op.name != "conv":
@@ -418,6 +431,7 @@ class _IRBuilder(Transformer):
             else:
                 spans[key] = span
             fields[key] = value
+        bn_eps, bn_momentum = fields.pop("bn", None) or (BN_EPS, BN_MOMENTUM)
         for key in ("input", "classes", "stem", "head"):
             if key not in fields:
                 self._error(f"network '{name}' has no '{key}' statement", net_span)
@@ -429,6 +443,8 @@ class _IRBuilder(Transformer):
             input=fields["input"],
             classes=fields["classes"],
             width_multiplier=fields.get("width", 1.0),
+            bn_eps=bn_eps,
+            bn_momentum=bn_momentum,
             stem=fields["stem"],
             stages=tuple(stages),
             head=fields["head"],

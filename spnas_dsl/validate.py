@@ -47,6 +47,11 @@ def validate(network: Network, source: str | None = None) -> Network:
         error(f"width multiplier {network.width_multiplier:g} is over the limit of {MAX_WIDTH:g}", spans.get("width"))
     else:
         width_ok = True
+    if not 0 < network.bn_eps <= 1:
+        error(f"BatchNorm eps must be in (0, 1], got {network.bn_eps:g}", spans.get("bn"))
+    if not 0 < network.bn_momentum <= 1:
+        error(f"BatchNorm momentum must be in (0, 1] (PyTorch's convention: 1 - TensorFlow's decay), "
+              f"got {network.bn_momentum:g}", spans.get("bn"))
     if network.classes < 1:
         error(f"number of classes must be at least 1, got {network.classes}", spans.get("classes"))
     elif network.classes > MAX_CLASSES:
