@@ -372,7 +372,7 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
     import torch
 
     from spnas_dsl.backends.parity import random_batch
-    from spnas_dsl.backends.weights import initialise, load_weights, sha256_file
+    from spnas_dsl.backends.weights import check_bn_settings, initialise, load_weights, sha256_file
     from spnas_dsl.compiler.network import lower_to_network
     from spnas_dsl.printer import format_network
 
@@ -383,8 +383,10 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = lower_to_network(network)
+    weight_notes: list[str] = []
     if weights is not None:
-        load_weights(model, weights)
+        metadata = load_weights(model, weights)
+        weight_notes = check_bn_settings(network, metadata, model, str(weights))
         model.eval()
         weights_info = {"source": str(weights), "sha256": sha256_file(weights)}
     else:
@@ -397,6 +399,9 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
         reference = model(torch.from_numpy(x)).numpy()
     ctx = BuildContext(network=network, text=text, model=model, staging=staging, batch=x, reference=reference,
                        int8=int8, tolerance=tolerance, log=log)
+    for message in weight_notes:  # BatchNorm settings the weights were made for (see check_bn_settings)
+        ctx.notes.append(message)
+        log(message)
     if weights is None:
         ctx.note("no --weights: building with initialised weights (seeded, BatchNorm statistics from random "
                  "batches); the files are for checking and timing, not for predictions")

@@ -162,6 +162,64 @@ def initialise(model: torch.nn.Module, input_shape: tuple[int, ...], seed: int =
     return model.eval()
 
 
+# The architecture text spnas records in the weights it writes (`build`, `train`).
+_ARCH_KEYS = ("spnas_arch", "arch")
+# timm builds BatchNorm with PyTorch's defaults: its checkpoints were trained with this epsilon.
+TIMM_BN_EPS = 1e-5
+
+
+def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module, source: str) -> list[str]:
+    """Check that weights were made for the network's BatchNorm settings, as far as detectable.
+
+    Epsilon is part of the function: weights trained with eps 1e-5 (timm) compute something
+    else in a network with eps 1e-3, though every name and shape matches. Weights written by
+    spnas record their architecture, so a different ``bn eps`` is a :class:`CheckpointError`.
+    Weights that record none (timm's, any foreign file) get a warning naming the settings in
+    use, with the evidence the running variances give (channels whose variance is below eps
+    are the ones eps changes most). Returns the warnings and notes to report.
+    """
+    import torch
+
+    from spnas_dsl.errors import SpnasError
+    from spnas_dsl.parser import parse_text
+
+    eps, momentum = network.bn_eps, network.bn_momentum
+    recorded = next((metadata[k] for k in _ARCH_KEYS if metadata.get(k)), None)
+    if recorded is not None:
+        try:
+            saved = parse_text(recorded, f"{source} (recorded architecture)")
+        except SpnasError as exc:
+            return [f"warning: the architecture recorded in {source} does not parse ({exc.message}); "
+                    "its BatchNorm settings cannot be checked"]
+        if saved.bn_eps != eps:
+            raise CheckpointError(
+                f"weights in {source} were saved for '{saved.name}' with bn eps={saved.bn_eps!r} "
+                f"momentum={saved.bn_momentum!r}, but '{network.name}' declares bn eps={eps!r} "
+                f"momentum={momentum!r}: with another epsilon the same tensors compute a different function. "
+                f"Declare `bn eps={saved.bn_eps!r} momentum={saved.bn_momentum!r}` in the .spnas file."
+            )
+        if saved.bn_momentum != momentum:
+            return [f"note: {source} was trained with BatchNorm momentum {saved.bn_momentum:g}; '{network.name}' "
+                    f"declares {momentum:g} (this matters only for further training)"]
+        return []
+    variances = [m.running_var.detach().double() for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+    total = sum(v.numel() for v in variances)
+    small = sum(int((v < eps).sum()) for v in variances)
+    evidence = ""
+    if small:
+        smallest = min(float(v.min()) for v in variances)
+        evidence = (f"; {small} of {total} BatchNorm channels have a running variance below {eps:g} "
+                    f"(smallest {smallest:.2g}), where eps changes the output most")
+    if eps == TIMM_BN_EPS:
+        return [f"note: {source} records no BatchNorm settings (not written by spnas); '{network.name}' declares "
+                f"bn eps={eps:g} momentum={momentum:g}, timm's settings{evidence}"]
+    return [f"warning: {source} records no BatchNorm settings (not written by spnas; timm's checkpoints are "
+            f"like this), so they are used with '{network.name}''s bn eps={eps:g} momentum={momentum:g}. timm "
+            f"trains with eps {TIMM_BN_EPS:g}: for timm's weights declare `bn eps=1e-05 momentum=0.1` "
+            f"(examples/spnasnet_timm.spnas){evidence}"]
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
