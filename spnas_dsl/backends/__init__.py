@@ -29,6 +29,11 @@ from spnas_dsl.errors import BuildError, SpnasError, UsageError
 from spnas_dsl.ir import Network
 
 
+# The one input and the one output of every exported model, whatever the format.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
 @dataclass(frozen=True)
 class ExporterSpec:
     name: str
@@ -136,6 +141,26 @@ class BuildContext:
 
     def has(self, path: str) -> bool:
         return any(a.path == path for a in self.artifacts)
+
+    def metadata(self, layout: str, input_shape: list) -> dict:
+        """What every model file records about itself (ONNX ``metadata_props``, TFLite ``Model.metadata``):
+        the network, the hash of its architecture text, the input and output and the normalisation,
+        so that a file found alone says what it computes and how to feed it."""
+        import hashlib
+
+        return {
+            "producer": "spnas",
+            "network": self.network.name,
+            "architecture_sha256": hashlib.sha256(self.text.encode("utf-8")).hexdigest(),
+            "architecture": self.text,
+            "input": {"name": INPUT_NAME, "layout": layout, "shape": input_shape, "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], self.network.classes],
+                       "meaning": "logits (no softmax)"},
+            "normalization": self.normalization,
+            "normalization_note": None if self.normalization else (
+                "unknown at build time (no --data): feed images normalised as the network was trained"),
+            "batchnorm": {"eps": self.network.bn_eps, "momentum": self.network.bn_momentum},
+        }
 
     def write_state_dict(self, backend: str) -> Path:
         """``<name>.safetensors`` (once per build, whichever backend asks first)."""

@@ -28,11 +28,12 @@ def input_spec(ctx, models) -> dict:
     spec_models = {}
     for name, runner in models:
         entry = {
+            "name": runner.input["name"],
             "shape": list(runner.input_shape),
             "layout": "NHWC",
             "dtype": np.dtype(runner.input_dtype).name,
             "quantization": None,
-            "output": {"shape": [int(v) for v in runner.output["shape"]], "meaning": "logits",
+            "output": {"name": runner.output["name"], "shape": [int(v) for v in runner.output["shape"]], "meaning": "logits",
                        "dtype": np.dtype(runner.output["dtype"]).name, "quantization": None},
         }
         if runner.input_quantization:

@@ -116,11 +116,28 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
 
 
 def state_dict_bytes(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
-    """The state dict of ``model`` serialised as safetensors (contiguous CPU copies)."""
+    """The state dict of ``model`` serialised as safetensors (contiguous CPU copies), byte for
+    byte the same for the same tensors and metadata (see :func:`canonical_safetensors`)."""
     from safetensors.torch import save
 
     tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
-    return save(tensors, metadata=metadata or {})
+    return canonical_safetensors(save(tensors, metadata=metadata or {}))
+
+
+def canonical_safetensors(content: bytes) -> bytes:
+    """``content`` with its JSON header rewritten with sorted keys.
+
+    safetensors writes the ``__metadata__`` of its header from a hash map, whose order changes
+    from process to process: with two metadata entries, the same weights gave two different
+    files (and sha256s in build.json) about every other run. The tensor data is unchanged
+    (offsets are relative to the end of the header); the header is space-padded to 8 bytes
+    as safetensors itself does, so the data stays aligned.
+    """
+    (size,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + content[8 + size:]
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -155,8 +172,19 @@ def initialise(model: torch.nn.Module, input_shape: tuple[int, ...], seed: int =
             bn.reset_running_stats()
             bn.momentum = None
         model.train()
-        for _ in range(batches):
-            model(torch.randn((batch_size, *input_shape), generator=generator))
+        # The measured statistics depend on how the convolutions and BN reductions are split
+        # between threads: 1 and 2 threads gave running variances 9.5e-7 apart, so seeded builds
+        # differed from run to run (and machine load to machine load). One thread and
+        # deterministic algorithms make them a function of the seed alone (on one machine).
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        try:
+            for _ in range(batches):
+                model(torch.randn((batch_size, *input_shape), generator=generator))
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum
     return model.eval()
