@@ -216,7 +216,7 @@ case "$*" in *possible) echo 0-3;; esac
     proc = subprocess.run([str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    assert any(c.startswith("push") and c.endswith("small_fm.tflite") for c in calls)
+    assert any(c.startswith("-s FAKE push") and c.endswith("small_fm.tflite") for c in calls)
     headline, profiled = [c for c in calls if "--graph=" in c]
     assert "--num_threads=1" in headline and "--enable_op_profiling=false" in headline
     assert "--enable_op_profiling=true" in profiled
