@@ -279,6 +279,26 @@ def test_timm_strings_with_timm_batchnorm_compute_exactly_what_spnasnet_timm_doe
     assert (c - b).abs().max() > 1e-3 * b.abs().max()
 
 
+def test_the_timm_backend_strings_and_settings_rebuild_the_same_network():
+    """What `build --to timm` writes (arch_def, bn_eps, bn_momentum), read with timm's semantics,
+    is the network spnas built, for a network with timm's settings and one with others."""
+    from functools import partial
+
+    from spnas_dsl.backends.timm import timm_config
+
+    for path in ("spnasnet_timm.spnas", "spnasnet.spnas"):
+        ir = load(REPO / "examples" / path)
+        cfg = timm_config(ir)
+        torch.manual_seed(0)
+        ours = initialise(lower_to_network(ir), (3, 224, 224), seed=4, batches=1, batch_size=2)
+        theirs = _TimmEfficientNet(cfg["arch_def"], cfg["stem_size"], cfg["num_features"], cfg["num_classes"],
+                                   norm=partial(nn.BatchNorm2d, eps=cfg["bn_eps"], momentum=cfg["bn_momentum"]))
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+        x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs.eval()(x)), path
+
+
 # -- build --weights checks the settings the weights were made for ------------------------------------
 
 def _run(*argv) -> tuple[int, str, str]:

@@ -113,7 +113,7 @@ def test_fmt_of_width_1e308_writes_nothing(spnas_file, capsys):
 
 def test_fmt_never_writes_text_that_does_not_read_back(spnas_file, capsys, monkeypatch):
     """A printer bug (here: one that writes `width inf`, as fmt once did) leaves the file alone."""
-    import spnas_dsl.printer as printer
+    from spnas_dsl import printer
 
     real = printer.format_network
     monkeypatch.setattr(printer, "format_network", lambda net, header=None: real(net).replace("1.0", "inf"))

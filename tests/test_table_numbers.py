@@ -74,6 +74,17 @@ def test_a_large_negative_offset_is_rejected_by_latency(tmp_path, capsys):
     assert main(["latency", str(SPNASNET), "--target", str(table)]) == 0
 
 
+def test_a_search_stops_on_a_bad_calibration_before_training(tmp_path):
+    """The supernet of a search prices decisions with LatencyGraph.build: the same check."""
+    from spnas_dsl.compiler.supernet import lower_to_supernet
+    from spnas_dsl.parser import load
+
+    table = tmp_path / "neg.json"
+    table.write_text(pixel1_text(offset_ms="-1000.0"))
+    with pytest.raises(TargetError, match="predictions must be positive"):
+        lower_to_supernet(load(REPO / "spaces" / "mnasnet.spnas"), target=str(table))
+
+
 @pytest.mark.parametrize("bad", [DEEP, HUGE_INT, pixel1_text(scale="Infinity")], ids=["deep", "huge-int", "inf-scale"])
 def test_one_bad_cache_file_names_itself_and_breaks_nothing(bad, capsys):
     write_table(local_table_path("bench"), LatencyTable.model_validate(

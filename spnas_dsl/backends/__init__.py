@@ -28,7 +28,6 @@ from typing import Any
 from spnas_dsl.errors import BuildError, SpnasError, UsageError
 from spnas_dsl.ir import Network
 
-
 # The one input and the one output of every exported model, whatever the format.
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -11,10 +11,9 @@ values that are not strings are JSON): onnxruntime shows them as
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
-
-import json
 
 from spnas_dsl.backends import INPUT_NAME, OUTPUT_NAME, quiet_output
 from spnas_dsl.errors import BuildError

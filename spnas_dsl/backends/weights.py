@@ -217,8 +217,8 @@ def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module,
         try:
             saved = parse_text(recorded, f"{source} (recorded architecture)")
         except SpnasError as exc:
-            return [f"warning: the architecture recorded in {source} does not parse ({exc.message}); "
-                    "its BatchNorm settings cannot be checked"]
+            return [(f"warning: the architecture recorded in {source} does not parse ({exc.message}); "
+                    "its BatchNorm settings cannot be checked")]
         if saved.bn_eps != eps:
             raise CheckpointError(
                 f"weights in {source} were saved for '{saved.name}' with bn eps={saved.bn_eps!r} "
@@ -227,8 +227,8 @@ def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module,
                 f"Declare `bn eps={saved.bn_eps!r} momentum={saved.bn_momentum!r}` in the .spnas file."
             )
         if saved.bn_momentum != momentum:
-            return [f"note: {source} was trained with BatchNorm momentum {saved.bn_momentum:g}; '{network.name}' "
-                    f"declares {momentum:g} (this matters only for further training)"]
+            return [(f"note: {source} was trained with BatchNorm momentum {saved.bn_momentum:g}; '{network.name}' "
+                    f"declares {momentum:g} (this matters only for further training)")]
         return []
     variances = [m.running_var.detach().double() for m in model.modules()
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
@@ -240,12 +240,12 @@ def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module,
         evidence = (f"; {small} of {total} BatchNorm channels have a running variance below {eps:g} "
                     f"(smallest {smallest:.2g}), where eps changes the output most")
     if eps == TIMM_BN_EPS:
-        return [f"note: {source} records no BatchNorm settings (not written by spnas); '{network.name}' declares "
-                f"bn eps={eps:g} momentum={momentum:g}, timm's settings{evidence}"]
-    return [f"warning: {source} records no BatchNorm settings (not written by spnas; timm's checkpoints are "
+        return [(f"note: {source} records no BatchNorm settings (not written by spnas); '{network.name}' declares "
+                f"bn eps={eps:g} momentum={momentum:g}, timm's settings{evidence}")]
+    return [(f"warning: {source} records no BatchNorm settings (not written by spnas; timm's checkpoints are "
             f"like this), so they are used with '{network.name}''s bn eps={eps:g} momentum={momentum:g}. timm "
             f"trains with eps {TIMM_BN_EPS:g}: for timm's weights declare `bn eps=1e-05 momentum=0.1` "
-            f"(examples/spnasnet_timm.spnas){evidence}"]
+            f"(examples/spnasnet_timm.spnas){evidence}")]
 
 
 def sha256_file(path: str | Path) -> str:
