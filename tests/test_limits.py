@@ -82,6 +82,16 @@ def test_every_front_end_command_reports_a_huge_number(spnas_file, capsys, comma
     out, err = capsys.readouterr()
     assert err.startswith(f"{path}:3:13: error: number out of range: 9999999999...999999 (5000 characters)")
     assert out == "" and "Traceback" not in err
+    excerpt = err.splitlines()[1:]
+    assert excerpt == ["    " + ("    classes " + "9" * 88) + "...", "    " + " " * 12 + "^"]  # not 5,000 digits
+
+
+def test_a_caret_far_into_a_long_line_stays_under_it():
+    text = BASE.replace("classes 10", "classes 10" + " " * 300 + "wat")
+    with pytest.raises(SpnasError) as info:
+        parse_text(text, "t.spnas")
+    line, caret = info.value.render().splitlines()[1:]
+    assert len(line) < 120 and line.startswith("    ...") and line[caret.index("^")] == "w"
 
 
 def test_no_traceback_in_a_subprocess(spnasc, spnas_file):
