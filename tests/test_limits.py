@@ -195,3 +195,34 @@ def test_size_limits_are_located(old, new, message):
         parse_text(text, "t.spnas")
     assert message in str(info.value)
     assert info.value.span.line == text[: text.index(new)].count("\n") + 1
+
+
+def test_mutated_numbers_never_escape_as_tracebacks(repo):
+    """Every number of the shipped files replaced, one at a time, by hostile values: each mutant
+    is a network (that formats, reads back and summarises) or a SpnasError, nothing else."""
+    import random
+    import re
+
+    from spnas_dsl.printer import format_network
+    from spnas_dsl.shapes import infer_shapes, summarize
+
+    hostile = ["1e999", "9" * 309, "9" * 5000, str(2**63), "1e308", "-0", "0", "-7", "1e-320", "65537",
+               "3.5", "99999999", "1e15", "0.0000001"]
+    rng = random.Random(14)
+    sources = [(repo / p).read_text() for p in ("spaces/mnasnet.spnas", "examples/spnasnet.spnas")]
+    mutants = 0
+    for text in sources:
+        numbers = re.finditer(r"(?<![A-Za-z_0-9.])\d+(?:\.\d+)?(?:e-?\d+)?", text)
+        spots = [m for m in numbers if "#" not in text[text.rfind("\n", 0, m.start()) + 1:m.start()]]  # not in comments
+        for m in rng.sample(spots, min(len(spots), 60)):
+            value = rng.choice(hostile)
+            mutant = text[:m.start()] + value + text[m.end():]
+            mutants += 1
+            try:
+                net = parse_text(mutant, "m.spnas")
+            except SpnasError as exc:
+                assert exc.span is not None and "^" in exc.render()
+                continue
+            assert parse_text(format_network(net)) == net
+            summarize(net, infer_shapes(net))
+    assert mutants >= 100
