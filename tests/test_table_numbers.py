@@ -99,8 +99,9 @@ def test_one_bad_cache_file_names_itself_and_breaks_nothing(bad, capsys):
     assert main(["targets"]) == 0
     assert f"table: {broken}: unusable (invalid" in capsys.readouterr().out
     # The "unknown target" message lists the good tables and does not trip over the bad one.
-    with pytest.raises(TargetError, match=r"unknown target 'nope'; known: pixel1, .*bench"):
+    with pytest.raises(TargetError, match=r"unknown target 'nope'; known: pixel1, .*bench") as info:
         resolve_spec("nope")
+    assert str(info.value).endswith(f"(unusable tables in the cache: {broken}; see `spnasc targets`)")
     assert [r.spec.name for r in list_targets() if r.spec.name == "bench"] == ["bench"]
 
 
