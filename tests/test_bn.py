@@ -118,6 +118,18 @@ def test_shipped_examples_say_what_they_are():
         update={"name": "spnasnet", "bn_eps": 1e-3, "bn_momentum": 0.01}) == paper  # only BN and name differ
 
 
+def test_summary_shows_the_settings(capsys):
+    import json
+
+    assert main(["summary", "--json", str(REPO / "examples" / "spnasnet_timm.spnas")]) == 0
+    assert json.loads(capsys.readouterr().out)["batchnorm"] == {"eps": 1e-05, "momentum": 0.1}
+    assert main(["summary", str(REPO / "examples" / "spnasnet_timm.spnas")]) == 0
+    assert capsys.readouterr().out.startswith(
+        "spnasnet_100: network, input 224x224x3, 1000 classes, width x1, bn eps=1e-05 momentum=0.1\n")
+    assert main(["summary", str(REPO / "examples" / "spnasnet.spnas")]) == 0
+    assert capsys.readouterr().out.startswith("spnasnet: network, input 224x224x3, 1000 classes, width x1\n")
+
+
 # -- every backend uses them -------------------------------------------------------------------------
 
 def _norms(module: nn.Module) -> list[nn.BatchNorm2d]:
