@@ -98,11 +98,14 @@ def load(path: str | Path) -> Network:
     name = str(path)
     if path.is_dir():
         raise SpnasSyntaxError("is a directory, not a .spnas file", Span(name, 1, 1))
+    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        raise SpnasSyntaxError("not a regular file", Span(name, 1, 1))
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:  # never read a 50 MB file into memory to reject it
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # never read a 50 MB file into memory to reject it
+        if len(raw) > MAX_FILE_BYTES:
+            size = max(path.stat().st_size, len(raw))
             raise SpnasSyntaxError(f"file too large: {size} bytes, the limit is {MAX_FILE_BYTES}", Span(name, 1, 1))
-        raw = path.read_bytes()
     except FileNotFoundError:
         raise SpnasSyntaxError("no such file", Span(name, 1, 1)) from None
     except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,16 @@ def test_a_50_mb_file_fails_fast_without_being_read(spnas_file):
     assert err.message.startswith("file too large:") and err.message.endswith(f"the limit is {MAX_FILE_BYTES}")
     with pytest.raises(SpnasError, match="file too large"):
         parse_text("#" * (MAX_FILE_BYTES + 1))
+
+
+def test_devices_and_fifos_are_not_read(tmp_path):
+    import os
+
+    err = _fast_error(Path("/dev/zero"))  # endless: refused before anything is read
+    assert err.message == "not a regular file"
+    fifo = tmp_path / "pipe.spnas"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    assert _fast_error(fifo).message == "not a regular file"
 
 
 @pytest.mark.parametrize("old,new,message", [
