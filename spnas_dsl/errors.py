@@ -110,4 +110,14 @@ def _caret_excerpt(source: str | None, span: Span | None) -> str:
     if span.line > len(lines):
         return ""
     line = lines[span.line - 1].expandtabs(1)
-    return f"    {line}\n    {' ' * max(span.column - 1, 0)}^"
+    column = max(span.column - 1, 0)
+    if len(line) > _EXCERPT_WIDTH:  # a 5,000-digit number: show a window around the caret
+        start = max(0, min(column - _EXCERPT_WIDTH // 4, len(line) - _EXCERPT_WIDTH))
+        end = start + _EXCERPT_WIDTH
+        head, tail = ("..." if start else ""), ("..." if end < len(line) else "")
+        line = head + line[start:end] + tail
+        column = column - start + len(head)
+    return f"    {line}\n    {' ' * column}^"
+
+
+_EXCERPT_WIDTH = 100  # characters of a long source line shown in an error

@@ -18,6 +18,23 @@ from spnas_dsl.errors import Span
 KERNEL_SIZES = (3, 5, 7)
 EXPANSIONS = (1, 2, 3, 4, 5, 6)
 STRIDES = (1, 2)
+# BatchNorm settings when a network declares none: the paper's TensorFlow code (epsilon 1e-3,
+# decay 0.99, i.e. PyTorch momentum 0.01). timm's spnasnet_100 uses PyTorch's defaults instead
+# (eps 1e-5, momentum 0.1): examples/spnasnet_timm.spnas declares them.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+# Size limits of the language (docs/language.md, "Limits"). They exist so that a typo such as
+# `99999999x mbconv` is a located error in milliseconds instead of a multi-GB, minutes-long
+# expansion; each is far above any network in the literature.
+MAX_FILE_BYTES = 128 * 1024       # a .spnas file (shipped files are ~1 KB; Lark parses ~0.4 MB/s)
+MAX_NUMBER_CHARS = 32             # one number token (longer ones are never meaningful)
+MAX_LAYERS = 1000                 # MBConv layers per network, skipped ones and repeats included
+MAX_CHANNELS = 16384              # any channel count, as written and after the width multiplier
+MAX_INPUT_SIDE = 8192             # input height and width
+MAX_CLASSES = 100_000             # outputs of the classifier
+MAX_WIDTH = 16.0                  # width multiplier
+MAX_STEM_KERNEL = 15              # stem conv kernel size
 
 
 class Node(BaseModel):
@@ -156,6 +173,8 @@ class Network(Node):
     input: InputSize
     classes: int
     width_multiplier: float = 1.0
+    bn_eps: float = BN_EPS            # every BatchNorm's epsilon (`bn eps=...`)
+    bn_momentum: float = BN_MOMENTUM  # PyTorch convention: running = (1 - m) * running + m * batch
     stem: Stem
     stages: tuple[Stage, ...]
     head: Head

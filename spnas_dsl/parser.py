@@ -15,7 +15,21 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.tree import Meta
 
 from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasSyntaxError, SpnasValidationError
-from spnas_dsl.ir import Choice, Comment, Head, InputSize, Layer, Network, Stage, Stem
+from spnas_dsl.ir import (
+    BN_EPS,
+    BN_MOMENTUM,
+    MAX_FILE_BYTES,
+    MAX_LAYERS,
+    MAX_NUMBER_CHARS,
+    Choice,
+    Comment,
+    Head,
+    InputSize,
+    Layer,
+    Network,
+    Stage,
+    Stem,
+)
 from spnas_dsl.resources import data_path
 
 # Friendly names for terminals in "expected ..." messages.
@@ -23,7 +37,7 @@ _TOKEN_NAMES = {
     "NAME": "a name", "PARAM_NAME": "a parameter name=", "SIGNED_NUMBER": "a number", "INT": "an integer", "SIZE": "a size HxWxC",
     "LBRACE": "'{'", "RBRACE": "'}'", "LESSTHAN": "'<'", "MORETHAN": "'>'", "EQUAL": "'='",
     "COMMA": "','", "VBAR": "'|'", "X": "'x'", "NETWORK": "'network'", "INPUT": "'input'",
-    "CLASSES": "'classes'", "WIDTH": "'width'", "STEM": "'stem'", "HEAD": "'head'", "STAGE": "'stage'",
+    "CLASSES": "'classes'", "WIDTH": "'width'", "BN": "'bn'", "STEM": "'stem'", "HEAD": "'head'", "STAGE": "'stage'",
     "$END": "end of file",
 }
 
@@ -49,6 +63,10 @@ def parse_text(text: str, filename: str = "<string>") -> Network:
     from spnas_dsl.validate import validate  # the semantic pass runs on the decoded IR
 
     comments: list[Comment] = []
+    if len(text) > MAX_FILE_BYTES:  # before Lark: a huge file must fail fast, not parse for minutes
+        raise SpnasSyntaxError(
+            f"file too large: {len(text)} characters, the limit is {MAX_FILE_BYTES}", Span(filename, 1, 1)
+        )
     if not text.strip() or all(
         not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
     ):
@@ -80,8 +98,14 @@ def load(path: str | Path) -> Network:
     name = str(path)
     if path.is_dir():
         raise SpnasSyntaxError("is a directory, not a .spnas file", Span(name, 1, 1))
+    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        raise SpnasSyntaxError("not a regular file", Span(name, 1, 1))
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # never read a 50 MB file into memory to reject it
+        if len(raw) > MAX_FILE_BYTES:
+            size = max(path.stat().st_size, len(raw))
+            raise SpnasSyntaxError(f"file too large: {size} bytes, the limit is {MAX_FILE_BYTES}", Span(name, 1, 1))
     except FileNotFoundError:
         raise SpnasSyntaxError("no such file", Span(name, 1, 1)) from None
     except OSError as exc:
@@ -128,6 +152,11 @@ def _expected(names) -> str:
     return " or ".join(friendly) if friendly else "something else"
 
 
+def _short(text: str) -> str:
+    """A token for a message: a 5,000-digit number is shown by its ends and its length."""
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
+
+
 class _Param:
     """A decoded ``name=value`` with its location; value is a float, a str or a tuple."""
 
@@ -146,6 +175,7 @@ _OP_PARAMS = {
     "head": {"conv": {"c", "dropout"}},
     "layer": {"mbconv": {"k", "e"}, "skip": set()},
     "stage": {"c", "s"},
+    "bn": {"eps", "momentum"},
 }
 
 
@@ -157,6 +187,7 @@ class _IRBuilder(Transformer):
         super().__init__()
         self.filename, self.text = filename, text
         self.errors: list[SpnasError] = []
+        self.layer_count = 0  # layers so far, repeats expanded (checked against MAX_LAYERS)
 
     # -- helpers ---------------------------------------------------------------
     def _span(self, item) -> Span:
@@ -170,8 +201,18 @@ class _IRBuilder(Transformer):
     def _error(self, message: str, span: Span) -> None:
         self.errors.append(SpnasValidationError(message, span, self.text))
 
+    def _float(self, token: Token) -> float:
+        """A number token's value; out-of-range numbers (``1e999``, 400 digits) become a located
+        error and a harmless placeholder, so no later ``int()`` can overflow."""
+        text = str(token)
+        value = float(text) if len(text) <= MAX_NUMBER_CHARS else float("inf")
+        if not abs(value) < 2.0**53:  # also catches inf and nan; above 2**53 floats are not whole numbers
+            self._error(f"number out of range: {_short(text)}", self._span(token))
+            return 1.0
+        return value
+
     def _int(self, token: Token, what: str) -> int:
-        value = float(token)
+        value = self._float(token)
         if value != int(value):
             self._error(f"{what} must be an integer, got {token}", self._span(token))
         return int(value)
@@ -233,14 +274,14 @@ class _IRBuilder(Transformer):
 
     # -- terminals and small rules --------------------------------------------
     def number(self, token: Token):
-        return float(token)
+        return self._float(token)
 
     def word(self, token: Token):
         return str(token)
 
     @v_args(inline=False, meta=True)
     def candidates(self, meta, items):
-        return tuple(float(t) for t in items if t is not None)
+        return tuple(self._float(t) for t in items if t is not None)
 
     @v_args(inline=False, meta=True)
     def param(self, meta, items):
@@ -255,13 +296,22 @@ class _IRBuilder(Transformer):
     @v_args(inline=False, meta=True)
     def repeat(self, meta, items):
         (count,) = items
-        return (int(count), self._span(count))
+        text = str(count)
+        if len(text) > MAX_NUMBER_CHARS or int(text) > MAX_LAYERS:  # before int(): 5,000 digits
+            self._error(f"repeat count {_short(text)} is over the limit of {MAX_LAYERS} layers per network",
+                        self._span(count))
+            return (0, None)  # the layer is dropped; the error above is reported
+        return (int(text), self._span(count))
 
     # -- statements ---------------------------------------------------------------
     @v_args(inline=False, meta=True)
     def input_size(self, meta, items):
         (size,) = items
-        h, w, c = (int(v) for v in str(size).split("x"))
+        parts = str(size).split("x")
+        if any(len(v) > MAX_NUMBER_CHARS for v in parts):
+            self._error(f"input size out of range: {_short(str(size))}", self._span(size))
+            parts = ["1", "1", "1"]
+        h, w, c = (int(v) for v in parts)
         return ("input", InputSize(height=h, width=w, channels=c, span=self._span(size)), self._span(meta))
 
     @v_args(inline=False, meta=True)
@@ -272,7 +322,17 @@ class _IRBuilder(Transformer):
     @v_args(inline=False, meta=True)
     def width(self, meta, items):
         (tok,) = items
-        return ("width", (float(tok), self._span(tok)), self._span(meta))
+        return ("width", (self._float(tok), self._span(tok)), self._span(meta))
+
+    @v_args(inline=False, meta=True)
+    def bn(self, meta, items):
+        span = self._span(meta)
+        params = self._params(_Op("bn", list(items), span), _OP_PARAMS["bn"], "bn")
+        if not params:
+            self._error("'bn' needs eps= and/or momentum= (e.g. bn eps=1e-5 momentum=0.1)", span)
+        eps = self._scalar(params, "eps", "BatchNorm epsilon", False, span, BN_EPS)
+        momentum = self._scalar(params, "momentum", "BatchNorm momentum", False, span, BN_MOMENTUM)
+        return ("bn", (float(eps), float(momentum)), span)
 
     @v_args(inline=False, meta=True)
     def stem(self, meta, items):
@@ -301,8 +361,14 @@ class _IRBuilder(Transformer):
     def layer(self, meta, items):
         repeat, first, *rest = items
         count, count_span = repeat if repeat is not None else (1, None)
-        if count < 1:
+        if count < 1 and count_span is not None:
             self._error("a repeat count must be at least 1", count_span)
+        if self.layer_count <= MAX_LAYERS:
+            self.layer_count += max(count, 1)
+            if self.layer_count > MAX_LAYERS:  # reported once, at the line that crosses the limit
+                self._error(f"too many layers: more than {MAX_LAYERS} in the network", first.span)
+        if self.layer_count > MAX_LAYERS:
+            return []  # stop building: the error is reported and a huge list would exhaust memory
         kernel = expansion = None
         skip = False
         mbconvs = 0
@@ -368,6 +434,7 @@ class _IRBuilder(Transformer):
             else:
                 spans[key] = span
             fields[key] = value
+        bn_eps, bn_momentum = fields.pop("bn", None) or (BN_EPS, BN_MOMENTUM)
         for key in ("input", "classes", "stem", "head"):
             if key not in fields:
                 self._error(f"network '{name}' has no '{key}' statement", net_span)
@@ -379,6 +446,8 @@ class _IRBuilder(Transformer):
             input=fields["input"],
             classes=fields["classes"],
             width_multiplier=fields.get("width", 1.0),
+            bn_eps=bn_eps,
+            bn_momentum=bn_momentum,
             stem=fields["stem"],
             stages=tuple(stages),
             head=fields["head"],

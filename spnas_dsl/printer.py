@@ -8,7 +8,7 @@ statement that followed them (or at the end of its line), so formatting never lo
 
 from __future__ import annotations
 
-from spnas_dsl.ir import Choice, Comment, Layer, Network
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Choice, Comment, Layer, Network
 
 INDENT = "    "
 
@@ -49,6 +49,9 @@ def format_network(network: Network, header: list[str] | None = None) -> str:
     emit(spans.get("input"), 1, f"input {network.input}")
     emit(spans.get("classes"), 1, f"classes {network.classes}")
     emit(spans.get("width"), 1, f"width {_number(network.width_multiplier)}")
+    # `bn` is printed when declared or not the default, so files without it keep their text.
+    if "bn" in spans or (network.bn_eps, network.bn_momentum) != (BN_EPS, BN_MOMENTUM):
+        emit(spans.get("bn"), 1, f"bn eps={_number(network.bn_eps)} momentum={_number(network.bn_momentum)}")
     stem = network.stem
     emit(stem.span, 1, f"stem conv k={stem.kernel} c={stem.channels} s={stem.stride}")
     for stage in network.stages:

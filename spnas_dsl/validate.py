@@ -7,8 +7,18 @@ by position. The pass returns the network unchanged when it is valid.
 from __future__ import annotations
 
 from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasValidationError
-from spnas_dsl.ir import EXPANSIONS, KERNEL_SIZES, STRIDES, Network
-from spnas_dsl.shapes import total_stride
+from spnas_dsl.ir import (
+    EXPANSIONS,
+    KERNEL_SIZES,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_INPUT_SIDE,
+    MAX_STEM_KERNEL,
+    MAX_WIDTH,
+    STRIDES,
+    Network,
+)
+from spnas_dsl.shapes import round_channels, total_stride
 
 
 def validate(network: Network, source: str | None = None) -> Network:
@@ -18,22 +28,48 @@ def validate(network: Network, source: str | None = None) -> Network:
     def error(message: str, span: Span | None) -> None:
         errors.append(SpnasValidationError(message, span, source))
 
+    def channels(what: str, value: int, span: Span | None) -> None:
+        """Channels as written and after the width multiplier stay within MAX_CHANNELS."""
+        if value < 1:
+            error(f"{what} channels must be at least 1, got {value}", span)
+        elif value > MAX_CHANNELS:
+            error(f"{what} channels {value} are over the limit of {MAX_CHANNELS}", span)
+        elif width_ok and round_channels(value, network.width_multiplier) > MAX_CHANNELS:
+            scaled = round_channels(value, network.width_multiplier)
+            error(f"{what} channels {value} x width {network.width_multiplier:g} = {scaled}: over the limit of "
+                  f"{MAX_CHANNELS}", span)
+
     spans = network.header_spans
-    if network.width_multiplier <= 0:
+    width_ok = False
+    if not network.width_multiplier > 0:
         error(f"width multiplier must be > 0, got {network.width_multiplier:g}", spans.get("width"))
+    elif not network.width_multiplier <= MAX_WIDTH:
+        error(f"width multiplier {network.width_multiplier:g} is over the limit of {MAX_WIDTH:g}", spans.get("width"))
+    else:
+        width_ok = True
+    if not 0 < network.bn_eps <= 1:
+        error(f"BatchNorm eps must be in (0, 1], got {network.bn_eps:g}", spans.get("bn"))
+    if not 0 < network.bn_momentum <= 1:
+        error(f"BatchNorm momentum must be in (0, 1] (PyTorch's convention: 1 - TensorFlow's decay), "
+              f"got {network.bn_momentum:g}", spans.get("bn"))
     if network.classes < 1:
         error(f"number of classes must be at least 1, got {network.classes}", spans.get("classes"))
+    elif network.classes > MAX_CLASSES:
+        error(f"number of classes {network.classes} is over the limit of {MAX_CLASSES}", spans.get("classes"))
     size = network.input
     if min(size.height, size.width, size.channels) < 1:
         error(f"input size must be positive in every dimension, got {size}", size.span)
+    elif max(size.height, size.width) > MAX_INPUT_SIDE or size.channels > MAX_CHANNELS:
+        error(f"input size {size} is over the limit ({MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}x{MAX_CHANNELS})", size.span)
 
     stem = network.stem
     if stem.kernel < 1 or stem.kernel % 2 == 0:
         error(f"stem kernel size must be odd and positive, got {stem.kernel}", stem.span)
+    elif stem.kernel > MAX_STEM_KERNEL:
+        error(f"stem kernel size {stem.kernel} is over the limit of {MAX_STEM_KERNEL}", stem.span)
     if stem.stride not in STRIDES:
         error(f"stride must be 1 or 2, got {stem.stride}", stem.span)
-    if stem.channels < 1:
-        error(f"stem channels must be at least 1, got {stem.channels}", stem.span)
+    channels("stem", stem.channels, stem.span)
 
     seen: dict[str, Span | None] = {}
     in_channels = stem.channels
@@ -45,8 +81,7 @@ def validate(network: Network, source: str | None = None) -> Network:
         seen[stage.name] = stage.span
         if stage.stride not in STRIDES:
             error(f"stride must be 1 or 2, got {stage.stride}", stage.span)
-        if stage.channels < 1:
-            error(f"stage channels must be at least 1, got {stage.channels}", stage.span)
+        channels("stage", stage.channels, stage.span)
         if not stage.layers:
             error(f"stage '{stage.name}' is empty: give it at least one layer", stage.span)
         for i, layer in enumerate(stage.layers):
@@ -68,8 +103,7 @@ def validate(network: Network, source: str | None = None) -> Network:
         in_channels = stage.channels
 
     head = network.head
-    if head.channels < 1:
-        error(f"head channels must be at least 1, got {head.channels}", head.span)
+    channels("head", head.channels, head.span)
     if not 0 <= head.dropout < 1:
         error(f"dropout must be in [0, 1), got {head.dropout:g}", head.span)
 

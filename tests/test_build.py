@@ -198,14 +198,16 @@ def test_deploy_folder(small_build, tmp_path):
     assert q["output"]["quantization"]["scale"] > 0
     assert spec["normalization"]["mean"] == [0.5] and spec["normalization"]["std"] == [0.25]
 
-    # Run the script against a fake adb: it must push both files and run benchmark_model
-    # with one thread and the op profiler.
+    # Run the script against a fake adb (one phone): it must push both files and run
+    # benchmark_model with one thread, the headline without the op profiler, then a profiled run.
+    # (tests/test_deploy_script.py tries one and two phones, masks and units.)
     fake = tmp_path / "bin"
     fake.mkdir()
     log = tmp_path / "adb.log"
     (fake / "adb").write_text(f"""#!/bin/sh
 echo "$@" >> {log}
-case "$1" in get-state) echo device;; esac
+case "$1" in devices) printf 'List of devices attached\\nFAKE\\tdevice\\n';; esac
+case "$*" in *possible) echo 0-3;; esac
 """)
     (fake / "adb").chmod(0o755)
     binary = tmp_path / "benchmark_model"
@@ -214,10 +216,11 @@ case "$1" in get-state) echo device;; esac
     proc = subprocess.run([str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    assert any(c.startswith("push") and c.endswith("small_fm.tflite") for c in calls)
-    run = next(c for c in calls if "--graph=" in c)
-    assert "--num_threads=1" in run and "--enable_op_profiling=true" in run
-    assert "--graph=/data/local/tmp/spnas/small_fm.tflite" in run
+    assert any(c.startswith("-s FAKE push") and c.endswith("small_fm.tflite") for c in calls)
+    headline, profiled = [c for c in calls if "--graph=" in c]
+    assert "--num_threads=1" in headline and "--enable_op_profiling=false" in headline
+    assert "--enable_op_profiling=true" in profiled
+    assert "--graph=/data/local/tmp/spnas/small_fm.tflite" in headline
 
     missing = subprocess.run([str(script)], capture_output=True, text=True, check=False,
                              env=dict(env, BENCHMARK_MODEL=str(tmp_path / "none")))

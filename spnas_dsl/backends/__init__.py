@@ -28,6 +28,10 @@ from typing import Any
 from spnas_dsl.errors import BuildError, SpnasError, UsageError
 from spnas_dsl.ir import Network
 
+# The one input and the one output of every exported model, whatever the format.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
 
 @dataclass(frozen=True)
 class ExporterSpec:
@@ -136,6 +140,26 @@ class BuildContext:
 
     def has(self, path: str) -> bool:
         return any(a.path == path for a in self.artifacts)
+
+    def metadata(self, layout: str, input_shape: list) -> dict:
+        """What every model file records about itself (ONNX ``metadata_props``, TFLite ``Model.metadata``):
+        the network, the hash of its architecture text, the input and output and the normalisation,
+        so that a file found alone says what it computes and how to feed it."""
+        import hashlib
+
+        return {
+            "producer": "spnas",
+            "network": self.network.name,
+            "architecture_sha256": hashlib.sha256(self.text.encode("utf-8")).hexdigest(),
+            "architecture": self.text,
+            "input": {"name": INPUT_NAME, "layout": layout, "shape": input_shape, "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": [input_shape[0], self.network.classes],
+                       "meaning": "logits (no softmax)"},
+            "normalization": self.normalization,
+            "normalization_note": None if self.normalization else (
+                "unknown at build time (no --data): feed images normalised as the network was trained"),
+            "batchnorm": {"eps": self.network.bn_eps, "momentum": self.network.bn_momentum},
+        }
 
     def write_state_dict(self, backend: str) -> Path:
         """``<name>.safetensors`` (once per build, whichever backend asks first)."""
@@ -372,7 +396,7 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
     import torch
 
     from spnas_dsl.backends.parity import random_batch
-    from spnas_dsl.backends.weights import initialise, load_weights, sha256_file
+    from spnas_dsl.backends.weights import check_bn_settings, initialise, load_weights, sha256_file
     from spnas_dsl.compiler.network import lower_to_network
     from spnas_dsl.printer import format_network
 
@@ -383,8 +407,10 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = lower_to_network(network)
+    weight_notes: list[str] = []
     if weights is not None:
-        load_weights(model, weights)
+        metadata = load_weights(model, weights)
+        weight_notes = check_bn_settings(network, metadata, model, str(weights))
         model.eval()
         weights_info = {"source": str(weights), "sha256": sha256_file(weights)}
     else:
@@ -397,6 +423,9 @@ def _build(network, targets, out_dir, staging, *, weights, int8, data, calib_dat
         reference = model(torch.from_numpy(x)).numpy()
     ctx = BuildContext(network=network, text=text, model=model, staging=staging, batch=x, reference=reference,
                        int8=int8, tolerance=tolerance, log=log)
+    for message in weight_notes:  # BatchNorm settings the weights were made for (see check_bn_settings)
+        ctx.notes.append(message)
+        log(message)
     if weights is None:
         ctx.note("no --weights: building with initialised weights (seeded, BatchNorm statistics from random "
                  "batches); the files are for checking and timing, not for predictions")

@@ -1,8 +1,10 @@
 """``deploy/`` beside a TFLite build: a phone benchmark script, its README, the input spec.
 
-``run_on_pixel.sh`` pushes a model and TFLite's ``benchmark_model`` with adb and runs it with
-``--num_threads=1 --enable_op_profiling=true``; ``README.md`` explains where the binary comes
-from; ``input_spec.json`` gives each model's input (NHWC shape, dtype, int8 quantization) and
+``run_on_pixel.sh`` pushes a model and TFLite's ``benchmark_model`` with adb (asking for
+``ANDROID_SERIAL`` when several phones are connected), pins the run to the phone's big cores
+(mask by phone model: Pixel 1 ``c``, Pixel 2 ``f0``) and runs it with ``--num_threads=1``:
+a headline timing without op profiling, then a separate profiled run; ``README.md`` explains
+where the binary comes from, the units (microseconds) and XNNPACK; ``input_spec.json`` gives each model's input (NHWC shape, dtype, int8 quantization) and
 the pixel normalisation. Templates live in ``templates/`` next to this module.
 """
 
@@ -28,11 +30,12 @@ def input_spec(ctx, models) -> dict:
     spec_models = {}
     for name, runner in models:
         entry = {
+            "name": runner.input["name"],
             "shape": list(runner.input_shape),
             "layout": "NHWC",
             "dtype": np.dtype(runner.input_dtype).name,
             "quantization": None,
-            "output": {"shape": [int(v) for v in runner.output["shape"]], "meaning": "logits",
+            "output": {"name": runner.output["name"], "shape": [int(v) for v in runner.output["shape"]], "meaning": "logits",
                        "dtype": np.dtype(runner.output["dtype"]).name, "quantization": None},
         }
         if runner.input_quantization:

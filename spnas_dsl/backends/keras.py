@@ -6,7 +6,8 @@ it with the layout changes TensorFlow needs:
 
 - conv weight OIHW -> HWIO: ``transpose(2, 3, 1, 0)``
 - depthwise weight (C, 1, k, k) -> (k, k, C, 1): ``transpose(2, 3, 0, 1)``
-- BatchNorm ``[gamma, beta, running_mean, running_var]``, the same epsilon (1e-3)
+- BatchNorm ``[gamma, beta, running_mean, running_var]``, the network's epsilon (``bn eps=``,
+  default 1e-3) and momentum (TF's ``1 - momentum``)
 - Dense kernel ``W.T``
 
 Padding: stride 1 with an odd kernel is ``'same'`` (exact); any other case (stride 2) is an
@@ -24,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spnas_dsl.compiler.blocks import BN_EPS
+from spnas_dsl.compiler.blocks import BN_EPS, BN_MOMENTUM
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network, Option
 from spnas_dsl.shapes import infer_shapes
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 # TF BatchNormalization momentum = 1 - PyTorch momentum (only matters for training).
-KERAS_BN_MOMENTUM = 0.99
+KERAS_BN_MOMENTUM = 1 - BN_MOMENTUM
 
 
 def import_keras():
@@ -51,6 +52,8 @@ class _Recorder:
     keras: Any
     prefix: str = ""            # torch module path of the part being built ("" or "blocks.2.0.")
     records: list[tuple[Any, str, str]] = field(default_factory=list)  # (layer, torch name, kind)
+    bn_eps: float = BN_EPS                # the network's `bn eps=` (parts for timing: the default)
+    bn_momentum: float = BN_MOMENTUM      # PyTorch convention; Keras gets 1 - momentum
 
     def _name(self, torch_name: str) -> str:
         return (self.prefix + torch_name).replace(".", "_")
@@ -77,7 +80,7 @@ class _Recorder:
         return layer(x)
 
     def bn(self, x, torch_name: str):
-        layer = self.keras.layers.BatchNormalization(epsilon=BN_EPS, momentum=KERAS_BN_MOMENTUM,
+        layer = self.keras.layers.BatchNormalization(epsilon=self.bn_eps, momentum=1 - self.bn_momentum,
                                                      name=self._name(torch_name))
         self.records.append((layer, self.prefix + torch_name, "bn"))
         return layer(x)
@@ -91,7 +94,7 @@ class _Recorder:
         return layer(x)
 
     def child(self, prefix: str) -> _Recorder:
-        return _Recorder(self.keras, prefix, self.records)
+        return _Recorder(self.keras, prefix, self.records, self.bn_eps, self.bn_momentum)
 
 
 # -- the parts (same structure and names as spnas_dsl.compiler.blocks) ----------------------------
@@ -145,7 +148,7 @@ def build_keras_model(network: Network, state_dict: dict | None = None) -> keras
     require_concrete(network)
     keras = import_keras()
     shapes = infer_shapes(network)
-    r = _Recorder(keras)
+    r = _Recorder(keras, bn_eps=network.bn_eps, bn_momentum=network.bn_momentum)
     inputs = _input(keras, shapes.input_hwc)
     x = _stem(r, inputs, network.stem.kernel, shapes.stem_out[2], network.stem.stride)
     stage_index = {s.name: i for i, s in enumerate(network.stages)}

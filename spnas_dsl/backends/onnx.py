@@ -3,14 +3,19 @@
 The graph comes from ``torch.export`` (opset 18+; BatchNorm folded into the convolutions),
 has one input ``input`` (float32 NCHW, dynamic batch) and one output ``logits``. It is
 validated with ``onnx.checker`` and its onnxruntime outputs are compared with PyTorch's.
+The model's ``metadata_props`` record the build's metadata (``spnas.network``,
+``spnas.architecture_sha256``, ``spnas.input``, ``spnas.output``, ``spnas.normalization``...;
+values that are not strings are JSON): onnxruntime shows them as
+``session.get_modelmeta().custom_metadata_map``.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
-from spnas_dsl.backends import quiet_output
+from spnas_dsl.backends import INPUT_NAME, OUTPUT_NAME, quiet_output
 from spnas_dsl.errors import BuildError
 
 
@@ -23,8 +28,8 @@ def export_onnx(model, example, path: str | Path) -> None:
     with quiet_output() as chatter, warnings.catch_warnings():  # progress lines, torchvision notices
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice
         try:
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
-                                        output_names=["logits"], dynamic_shapes=({0: batch},),
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
                                         external_data=False, verbose=False)
             program.save(str(path))
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; report them as a build failure
@@ -34,6 +39,31 @@ def export_onnx(model, example, path: str | Path) -> None:
                          "(pip install onnxscript)")
     if failure is not None:
         raise BuildError(f"ONNX export failed: {type(failure).__name__}: {failure}\n{chatter.text[-2000:]}")
+
+
+def add_metadata(path: str | Path, metadata: dict) -> None:
+    """Write ``metadata`` into the model's ``metadata_props`` as ``spnas.<key>`` (JSON unless a string)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {f"spnas.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``spnas.*`` metadata of an ONNX file as written by :func:`add_metadata` (keys without prefix)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for prop in model.metadata_props:
+        if prop.key.startswith("spnas."):
+            try:
+                out[prop.key[6:]] = json.loads(prop.value)
+            except ValueError:
+                out[prop.key[6:]] = prop.value
+    return out
 
 
 def check_onnx(path: str | Path) -> dict:
@@ -71,5 +101,7 @@ def export(ctx) -> None:
 
     path = ctx.staging / f"{ctx.stem}.onnx"
     export_onnx(ctx.model, torch.from_numpy(ctx.batch), path)
+    size = ctx.network.input
+    add_metadata(path, ctx.metadata("NCHW", ["batch", size.channels, size.height, size.width]))
     info = check_onnx(path)
     ctx.add(path, "onnx", "onnx", run=onnxruntime_runner(path), input="input: float32 [batch, C, H, W]", **info)

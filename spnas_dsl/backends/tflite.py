@@ -84,6 +84,60 @@ def keras_to_tflite(model, *, int8: bool = False, representative: Iterable[np.nd
     return content
 
 
+SPNAS_METADATA = "spnas"  # the name of our entry in the flatbuffer's Model.metadata
+
+
+def finish_tflite(content: bytes, metadata: dict, input_name: str = "input", output_name: str = "logits") -> bytes:
+    """Name the model's input and output as in ONNX and record ``metadata`` in the flatbuffer.
+
+    The converter names the signature's output ``output_0`` and the tensors
+    ``serving_default_input:0`` / ``StatefulPartitionedCall_1:0``; this renames the input and
+    output (signature and tensor names) and adds a ``Model.metadata`` entry ``spnas`` whose
+    buffer is the UTF-8 JSON of ``metadata`` (the schema's name -> buffer mechanism the
+    converter uses itself for ``min_runtime_version``; read it back with :func:`read_metadata`).
+    """
+    import json
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise BuildError(f"expected one input and one output in the TFLite model, got {len(graph.inputs)} and "
+                         f"{len(graph.outputs)}")
+    graph.tensors[graph.inputs[0]].name = input_name
+    graph.tensors[graph.outputs[0]].name = output_name
+    for signature in model.signatureDefs or []:
+        for tensor_map in signature.inputs:
+            tensor_map.name = input_name
+        for tensor_map in signature.outputs:
+            tensor_map.name = output_name
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = SPNAS_METADATA, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (SPNAS_METADATA, SPNAS_METADATA.encode())]
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(model: bytes | str | Path) -> dict | None:
+    """The ``spnas`` metadata of a TFLite file (None when it has none)."""
+    import json
+
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    for entry in parsed.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == SPNAS_METADATA:
+            return json.loads(bytes(parsed.buffers[entry.buffer].data).decode("utf-8"))
+    return None
+
+
 def network_tflite(network: Network, state_dict: dict | None = None, *, int8: bool = False,
                    representative: Iterable[np.ndarray] | None = None) -> bytes:
     """The TFLite model of a whole concrete network (weights from a PyTorch ``state_dict``)."""
@@ -221,7 +275,9 @@ def export(ctx) -> None:
 
     model = build_keras_model(ctx.network, ctx.model.state_dict())
     float_path = ctx.staging / f"{ctx.stem}.tflite"
-    float_path.write_bytes(keras_to_tflite(model))
+    size = ctx.network.input
+    metadata = ctx.metadata("NHWC", [1, size.height, size.width, size.channels])
+    float_path.write_bytes(finish_tflite(keras_to_tflite(model), metadata))
     runner = TFLiteModel(float_path)
     ops = op_names(float_path)
     ctx.add(float_path, "tflite", "tflite", run=runner.run_nchw, precision="float32",
@@ -231,7 +287,9 @@ def export(ctx) -> None:
     if ctx.int8:
         calib = np.transpose(ctx.calibration, (0, 2, 3, 1))[:, None]
         int8_path = ctx.staging / f"{ctx.stem}_int8.tflite"
-        int8_path.write_bytes(keras_to_tflite(model, int8=True, representative=calib))
+        int8_meta = dict(metadata, input=dict(metadata["input"], dtype="int8"),
+                         quantization="int8 input and output: see deploy/input_spec.json for scales and zero points")
+        int8_path.write_bytes(finish_tflite(keras_to_tflite(model, int8=True, representative=calib), int8_meta))
         q = TFLiteModel(int8_path)
         ctx.add(int8_path, "tflite", "tflite", run=q.run_nchw, precision="int8", checked=False,
                 input=f"int8 NHWC {list(q.input_shape)}", input_quantization=q.input_quantization,

@@ -69,9 +69,24 @@ def timm_config(network: Network) -> dict:
         "drop_rate": network.head.dropout,
         "input_size": [network.input.channels, network.input.height, network.input.width],
         "output_stride": total_stride(network) * (2 if network.stem.stride == 1 else 1),
-        "bn_eps": 1e-3,
-        "bn_momentum": 0.01,
+        "bn_eps": network.bn_eps,
+        "bn_momentum": network.bn_momentum,
     }
+
+
+# timm's EfficientNet builds BatchNorm with PyTorch's defaults unless told otherwise.
+TIMM_BN_EPS = 1e-5
+TIMM_BN_MOMENTUM = 0.1
+
+
+def _bn_note(network: Network) -> str:
+    eps, momentum = network.bn_eps, network.bn_momentum
+    if (eps, momentum) == (TIMM_BN_EPS, TIMM_BN_MOMENTUM):
+        return (f"BatchNorm: eps {eps:g}, momentum {momentum:g}, timm's defaults (as timm's spnasnet_100); "
+                "norm_layer below says so explicitly.")
+    return (f"BatchNorm: eps {eps:g}, momentum {momentum:g} (`bn` of the .spnas; timm's default BatchNorm2d "
+            f"uses eps {TIMM_BN_EPS:g}, momentum {TIMM_BN_MOMENTUM:g}): pass "
+            f"norm_layer=partial(nn.BatchNorm2d, eps={eps!r}, momentum={momentum!r}), as below.")
 
 
 def notes(network: Network) -> list[str]:
@@ -79,8 +94,7 @@ def notes(network: Network) -> list[str]:
     out = [
         ("Channels are final (after the width multiplier): build with round_chs_fn=identity, or timm "
          "rounds them to multiples of 8."),
-        ("BatchNorm: eps 1e-3, momentum 0.01 (timm's default BatchNorm2d uses eps 1e-5): pass "
-         "norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)."),
+        _bn_note(network),
         "No _noskip needed: timm adds a residual exactly when stride is 1 and channels match, as spnas does.",
         "Written for timm 0.9 or later (EfficientNet(norm_layer=..., round_chs_fn=...)).",
     ]
@@ -109,7 +123,7 @@ def snippet(network: Network) -> str:
     return f'''"""{network.name} as a timm EfficientNet (written by `spnasc build --to timm`).
 
 The Single-Path NAS network in timm's block-string language (timm's own `spnasnet_100` is
-examples/spnasnet.spnas). Load the state dict `{network.name}.safetensors` of the same build.
+examples/spnasnet_timm.spnas). Load the state dict `{network.name}.safetensors` of the same build.
 """
 {comments}
 from functools import partial
@@ -133,7 +147,7 @@ model = EfficientNet(
     in_chans=IN_CHANS,
     stem_size=STEM_SIZE,{stem_kernel}
     round_chs_fn=lambda channels: channels,  # channels above are final
-    norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01),
+    norm_layer=partial(nn.BatchNorm2d, eps={network.bn_eps!r}, momentum={network.bn_momentum!r}),
     drop_rate={cfg["drop_rate"]!r},
 )
 {stem_fix}

@@ -116,11 +116,28 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
 
 
 def state_dict_bytes(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
-    """The state dict of ``model`` serialised as safetensors (contiguous CPU copies)."""
+    """The state dict of ``model`` serialised as safetensors (contiguous CPU copies), byte for
+    byte the same for the same tensors and metadata (see :func:`canonical_safetensors`)."""
     from safetensors.torch import save
 
     tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
-    return save(tensors, metadata=metadata or {})
+    return canonical_safetensors(save(tensors, metadata=metadata or {}))
+
+
+def canonical_safetensors(content: bytes) -> bytes:
+    """``content`` with its JSON header rewritten with sorted keys.
+
+    safetensors writes the ``__metadata__`` of its header from a hash map, whose order changes
+    from process to process: with two metadata entries, the same weights gave two different
+    files (and sha256s in build.json) about every other run. The tensor data is unchanged
+    (offsets are relative to the end of the header); the header is space-padded to 8 bytes
+    as safetensors itself does, so the data stays aligned.
+    """
+    (size,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + content[8 + size:]
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -155,11 +172,80 @@ def initialise(model: torch.nn.Module, input_shape: tuple[int, ...], seed: int =
             bn.reset_running_stats()
             bn.momentum = None
         model.train()
-        for _ in range(batches):
-            model(torch.randn((batch_size, *input_shape), generator=generator))
+        # The measured statistics depend on how the convolutions and BN reductions are split
+        # between threads: 1 and 2 threads gave running variances 9.5e-7 apart, so seeded builds
+        # differed from run to run (and machine load to machine load). One thread and
+        # deterministic algorithms make them a function of the seed alone (on one machine).
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        try:
+            for _ in range(batches):
+                model(torch.randn((batch_size, *input_shape), generator=generator))
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum
     return model.eval()
+
+
+# The architecture text spnas records in the weights it writes (`build`, `train`).
+_ARCH_KEYS = ("spnas_arch", "arch")
+# timm builds BatchNorm with PyTorch's defaults: its checkpoints were trained with this epsilon.
+TIMM_BN_EPS = 1e-5
+
+
+def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module, source: str) -> list[str]:
+    """Check that weights were made for the network's BatchNorm settings, as far as detectable.
+
+    Epsilon is part of the function: weights trained with eps 1e-5 (timm) compute something
+    else in a network with eps 1e-3, though every name and shape matches. Weights written by
+    spnas record their architecture, so a different ``bn eps`` is a :class:`CheckpointError`.
+    Weights that record none (timm's, any foreign file) get a warning naming the settings in
+    use, with the evidence the running variances give (channels whose variance is below eps
+    are the ones eps changes most). Returns the warnings and notes to report.
+    """
+    import torch
+
+    from spnas_dsl.errors import SpnasError
+    from spnas_dsl.parser import parse_text
+
+    eps, momentum = network.bn_eps, network.bn_momentum
+    recorded = next((metadata[k] for k in _ARCH_KEYS if metadata.get(k)), None)
+    if recorded is not None:
+        try:
+            saved = parse_text(recorded, f"{source} (recorded architecture)")
+        except SpnasError as exc:
+            return [(f"warning: the architecture recorded in {source} does not parse ({exc.message}); "
+                    "its BatchNorm settings cannot be checked")]
+        if saved.bn_eps != eps:
+            raise CheckpointError(
+                f"weights in {source} were saved for '{saved.name}' with bn eps={saved.bn_eps!r} "
+                f"momentum={saved.bn_momentum!r}, but '{network.name}' declares bn eps={eps!r} "
+                f"momentum={momentum!r}: with another epsilon the same tensors compute a different function. "
+                f"Declare `bn eps={saved.bn_eps!r} momentum={saved.bn_momentum!r}` in the .spnas file."
+            )
+        if saved.bn_momentum != momentum:
+            return [(f"note: {source} was trained with BatchNorm momentum {saved.bn_momentum:g}; '{network.name}' "
+                    f"declares {momentum:g} (this matters only for further training)")]
+        return []
+    variances = [m.running_var.detach().double() for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+    total = sum(v.numel() for v in variances)
+    small = sum(int((v < eps).sum()) for v in variances)
+    evidence = ""
+    if small:
+        smallest = min(float(v.min()) for v in variances)
+        evidence = (f"; {small} of {total} BatchNorm channels have a running variance below {eps:g} "
+                    f"(smallest {smallest:.2g}), where eps changes the output most")
+    if eps == TIMM_BN_EPS:
+        return [(f"note: {source} records no BatchNorm settings (not written by spnas); '{network.name}' declares "
+                f"bn eps={eps:g} momentum={momentum:g}, timm's settings{evidence}")]
+    return [(f"warning: {source} records no BatchNorm settings (not written by spnas; timm's checkpoints are "
+            f"like this), so they are used with '{network.name}''s bn eps={eps:g} momentum={momentum:g}. timm "
+            f"trains with eps {TIMM_BN_EPS:g}: for timm's weights declare `bn eps=1e-05 momentum=0.1` "
+            f"(examples/spnasnet_timm.spnas){evidence}")]
 
 
 def sha256_file(path: str | Path) -> str:

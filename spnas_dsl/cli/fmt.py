@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from spnas_dsl.io import atomic_write_text
-    from spnas_dsl.parser import load
+    from spnas_dsl.parser import load, parse_text
     from spnas_dsl.printer import format_network
 
     status = 0
@@ -35,6 +35,19 @@ def run(args) -> int:
             status = max(status, exc.exit_code)
             continue
         text = format_network(network)
+        # Round trip before anything is written: the canonical text must read back as the same
+        # network, or the file is left alone (a printer bug must never destroy a user's file).
+        try:
+            same = parse_text(text, path) == network
+        except SpnasError as exc:
+            same, why = False, exc.message
+        else:
+            why = "it reads back as a different network"
+        if not same:
+            print(f"{path}: error: the canonical text does not read back ({why}); file left unchanged "
+                  "(a bug in spnasc fmt, please report it)", file=sys.stderr)
+            status = max(status, 1)
+            continue
         with open(path, encoding="utf-8") as f:
             original = f.read()
         if args.check:

@@ -48,6 +48,7 @@ def run(args) -> int:
             "input": str(network.input),
             "classes": network.classes,
             "width_multiplier": network.width_multiplier,
+            "batchnorm": {"eps": network.bn_eps, "momentum": network.bn_momentum},
             "architectures": totals.architectures,
             "params_max": totals.params_max,
             "params_min": totals.params_min,
@@ -57,8 +58,13 @@ def run(args) -> int:
         }, indent=2))
         return 0
     kind = "network" if network.is_concrete else "search space"
+    from spnas_dsl.ir import BN_EPS, BN_MOMENTUM
+
+    bn = ""  # shown when not the language's default, so that timm-style networks say so
+    if (network.bn_eps, network.bn_momentum) != (BN_EPS, BN_MOMENTUM):
+        bn = f", bn eps={network.bn_eps:g} momentum={network.bn_momentum:g}"
     print(f"{network.name}: {kind}, input {network.input}, {network.classes} classes, "
-          f"width x{network.width_multiplier:g}")
+          f"width x{network.width_multiplier:g}{bn}")
     print(f"{'#':>3}  {'stage':<10} {'input':>12}  {'output':>12}  {'s':>1}  candidates")
     print(f"{'':>3}  {'stem':<10} {_hwc(shapes.input_hwc):>12}  {_hwc(shapes.stem_out):>12}  "
           f"{network.stem.stride}  conv k={network.stem.kernel}")

@@ -1,7 +1,9 @@
 """Small PyTorch block classes of a concrete network (timm's names and layout).
 
-BatchNorm uses the TensorFlow/MnasNet settings of the paper: momentum 0.99 in TF's
-convention (0.01 in PyTorch's) and epsilon 1e-3.
+BatchNorm is built with the language's defaults, the TensorFlow/MnasNet settings of the
+paper: momentum 0.99 in TF's convention (0.01 in PyTorch's) and epsilon 1e-3. A network that
+declares ``bn eps=... momentum=...`` gets its own settings through :func:`set_batch_norm`,
+which the lowering passes apply to the whole module.
 """
 
 from __future__ import annotations
@@ -9,12 +11,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BN_MOMENTUM = 0.01
-BN_EPS = 1e-3
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM
+
+__all__ = ["BN_EPS", "BN_MOMENTUM", "batch_norm", "mbconv", "set_batch_norm"]
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def set_batch_norm(module: nn.Module, eps: float, momentum: float) -> nn.Module:
+    """Give every BatchNorm of ``module`` the network's declared ``eps`` and ``momentum``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eps, m.momentum = eps, momentum
+    return module
 
 
 class ConvBnAct(nn.Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spnas_dsl.compiler.blocks import SinglePathNet, mbconv
+from spnas_dsl.compiler.blocks import SinglePathNet, mbconv, set_batch_norm
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Network
 from spnas_dsl.printer import format_layer
@@ -35,10 +35,11 @@ def lower_to_network(network: Network) -> SinglePathNet:
             continue
         block = mbconv(shape.in_hwc[2], shape.out_hwc[2], option.kernel, shape.stride, option.expansion)
         stages[stage_index[shape.stage]].append(block)
-    return SinglePathNet(
+    net = SinglePathNet(
         stem=(shapes.input_hwc[2], shapes.stem_out[2], network.stem.kernel, network.stem.stride),
         blocks=stages,
         head=(shapes.head_in[2], shapes.head_channels),
         classes=network.classes,
         dropout=network.head.dropout,
     )
+    return set_batch_norm(net, network.bn_eps, network.bn_momentum)

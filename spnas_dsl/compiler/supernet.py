@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, mbconv
+from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, mbconv, set_batch_norm
 from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Layer, Network, Option
@@ -304,7 +304,7 @@ def require_same_macro(space: Network, network: Network) -> None:
             span or network.span,
         )
 
-    for field in ("input", "classes", "width_multiplier", "stem", "head"):
+    for field in ("input", "classes", "width_multiplier", "bn_eps", "bn_momentum", "stem", "head"):
         mine, theirs = getattr(network, field), getattr(space, field)
         if mine != theirs:
             fail(f"{field} differs ({mine!s} vs {theirs!s})", getattr(mine, "span", None))
@@ -472,4 +472,4 @@ def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: Latency
         from spnas_dsl.latency.graph import LatencyGraph
 
         latency_graph = LatencyGraph.build(ir, target)
-    return Supernet(ir, stages, latency_graph)
+    return set_batch_norm(Supernet(ir, stages, latency_graph), ir.bn_eps, ir.bn_momentum)

@@ -143,7 +143,18 @@ class LatencyGraph:
                     node["latency_ms"][option], node["rules"][option] = found.latency_ms, found.rule
         if missing:
             raise TargetError(_missing_message(network, target, missing, notes))
-        return cls(network, target, g, groups)
+        graph = cls(network, target, g, groups)
+        # Every prediction of the space must be a positive number of milliseconds: a calibration
+        # offset far below zero would otherwise print -919.56 ms and drive a search into nonsense.
+        fastest = graph.min_ms()
+        if not fastest > 0:
+            cal = target.calibration
+            raise TargetError(
+                f"target '{target.name}' ({target.path}): its calibration (scale {cal.scale:g}, offset_ms "
+                f"{cal.offset_ms:g}) predicts {fastest:.2f} ms for the fastest network of '{network.name}'; "
+                "predictions must be positive: fix or refit the table's calibration"
+            )
+        return graph
 
     # ------------------------------------------------------------------ structure
     def node(self, key: NodeKey) -> dict[str, Any]:

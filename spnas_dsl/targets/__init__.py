@@ -148,23 +148,26 @@ def _spec_from_table(name: str, table: LatencyTable, kind: str) -> TargetSpec:
     )
 
 
-def _known_names() -> list[str]:
+def _known_names() -> tuple[list[str], list[Path]]:
+    """(known target names, unusable table files in the cache)."""
+    local, unusable = _local_names()
     names = list(KNOWN_TARGETS) + [ANDROID_PATTERN]
-    names += [n for n in _local_names() if n not in KNOWN_TARGETS]
-    return names
+    names += [n for n in local if n not in KNOWN_TARGETS]
+    return names, unusable
 
 
-def _local_names() -> list[str]:
-    """Names of the valid local tables in the cache (the ``name`` field of each file)."""
+def _local_names() -> tuple[list[str], list[Path]]:
+    """Names of the valid local tables in the cache (the ``name`` field of each file), and the
+    files that do not load: one bad file must not hide the others."""
     folder = cache_dir()
-    names = []
+    names, unusable = [], []
     if folder.is_dir():
         for path in sorted(folder.glob("*.json")):
             try:
                 names.append(load_table(path).name)
             except TargetError:
-                continue
-    return names
+                unusable.append(path)
+    return names, unusable
 
 
 def resolve_spec(name: str) -> TargetSpec:
@@ -183,7 +186,9 @@ def resolve_spec(name: str) -> TargetSpec:
         table = load_table(path)
         if table.name == name:
             return _spec_from_table(name, table, "local")
-    raise TargetError(f"unknown target '{name}'; known: {', '.join(_known_names())}")
+    known, unusable = _known_names()
+    bad = f" (unusable tables in the cache: {', '.join(str(p) for p in unusable)}; see `spnasc targets`)" if unusable else ""
+    raise TargetError(f"unknown target '{name}'; known: {', '.join(known)}{bad}")
 
 
 def _is_file_name(name: str) -> bool:

@@ -30,6 +30,12 @@ from spnas_dsl.io import atomic_write_text
 from spnas_dsl.latency.signature import is_signature
 
 TABLE_VERSION = 1
+# Bounds on a table's numbers: every figure is a finite, plausible number of milliseconds, so
+# that no table can make a prediction inf, nan, negative or astronomically large.
+MAX_MS = 1e7  # ~3 hours for one layer or group
+MAX_THREADS = 1024
+MAX_POSITION = 100_000
+MAX_SCALE = 1e3
 
 
 class _Strict(BaseModel):
@@ -37,8 +43,8 @@ class _Strict(BaseModel):
 
 
 def _check_ms(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("must be a finite number of milliseconds >= 0")
+    if not (math.isfinite(value) and 0 <= value <= MAX_MS):
+        raise ValueError(f"must be a finite number of milliseconds in [0, {MAX_MS:g}], got {value!r}")
     return value
 
 
@@ -47,7 +53,7 @@ class Entry(_Strict):
 
     signature: str
     latency_ms: float
-    position: int | None = Field(default=None, ge=0)
+    position: int | None = Field(default=None, ge=0, le=MAX_POSITION)
 
     @field_validator("signature")
     @classmethod
@@ -90,10 +96,26 @@ class Calibration(_Strict):
     The default is the identity.
     """
 
-    scale: float = Field(default=1.0, gt=0)
+    scale: float = 1.0
     offset_ms: float = 0.0
     networks: list[str] = Field(default_factory=list)
     date: str | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 < v <= MAX_SCALE):  # `Infinity` and `NaN` are valid JSON here
+            raise ValueError(f"must be a finite number in (0, {MAX_SCALE:g}], got {v!r}")
+        return v
+
+    @field_validator("offset_ms")
+    @classmethod
+    def _offset(cls, v: float) -> float:
+        # A negative offset is legitimate (a fit's intercept); whether it keeps every prediction
+        # positive depends on the network, and LatencyGraph.build checks that.
+        if not (math.isfinite(v) and abs(v) <= MAX_MS):
+            raise ValueError(f"must be a finite number of milliseconds in [-{MAX_MS:g}, {MAX_MS:g}], got {v!r}")
+        return v
 
     @property
     def is_identity(self) -> bool:
@@ -123,7 +145,7 @@ class LatencyTable(_Strict):
     description: str
     device: str
     runtime: str
-    threads: int = Field(ge=1)
+    threads: int = Field(ge=1, le=MAX_THREADS)
     source: str
     date: str
     read_only: bool = False
@@ -200,10 +222,16 @@ def parse_table(text: str, filename: str = "<table>") -> LatencyTable:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TargetError(f"invalid JSON in target table: {exc.msg}", Span(filename, exc.lineno, exc.colno), text) from None
+    except RecursionError:  # [[[[... nested deeper than the decoder's recursion limit
+        raise TargetError(f"invalid target table {filename}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (Python's int-conversion guard)
+        raise TargetError(f"invalid target table {filename}: {exc.args[0].split(':')[0]}") from None
     if not isinstance(data, dict):
         raise TargetError(f"invalid target table {filename}: expected a JSON object, got {type(data).__name__}")
     try:
         return LatencyTable.model_validate(data)
+    except RecursionError:  # nesting the decoder survived but validation did not
+        raise TargetError(f"invalid target table {filename}: JSON nested too deeply") from None
     except ValidationError as exc:
         raise TargetError(f"invalid target table {filename}: {_format_validation_error(exc)}") from None
 
