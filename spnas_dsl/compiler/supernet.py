@@ -23,6 +23,7 @@ BN's bias on dropped channels), the skip indicator on the branch output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
 
@@ -60,14 +61,17 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, norm: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(norm, threshold)
+        if norm.device.type == "cpu":  # scalars: the slope in Python, one multiply left for backward
+            sig = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, float(norm) - float(threshold)))))
+            ctx.slope = sig * (1.0 - sig)
+        else:  # no host synchronisation on an accelerator
+            sig = torch.sigmoid(norm - threshold)
+            ctx.slope = sig * (1 - sig)
         return (norm > threshold).to(norm.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        norm, threshold = ctx.saved_tensors
-        sig = torch.sigmoid(norm - threshold)
-        g = grad * sig * (1 - sig)
+        g = grad * ctx.slope
         return g, -g
 
 
