@@ -21,8 +21,9 @@ The recipe (paper Sec. 3-4 and the official code, scaled to the run's length):
    :class:`LambdaController`).
 3. The network: ``--method paper`` reads it off the hard indicators (the thresholds' answer);
    with a budget, :func:`spnas_dsl.budget.fit_to_budget` then moves it into
-   ``[budget_floor * budget, budget]`` both ways. ``--method evolution`` (default) starts there and
-   scores networks of the band with the supernet's inherited weights (:mod:`spnas_dsl.selection`).
+   ``[budget_floor * budget, budget]`` both ways. ``--method evolution`` (the default with a
+   budget) trains every step a random sub-network (the warm-up for the whole search), then scores
+   networks of the band with the supernet's inherited weights (:mod:`spnas_dsl.selection`).
    The network is written as ``arch.spnas``.
 
 Scale of lambda: as the official code, the log term is scaled by 1e3: the loss is
@@ -106,18 +107,29 @@ class SearchConfig:
     checkpoint_every: int = 100  # steps between mid-epoch checkpoints
     control_every: int = 1  # steps between lambda-controller updates (with a budget)
     control_gain: float = 0.2
-    # How the network is read off the trained supernet (docs/search.md, "Methods"): "paper" = the
-    # thresholds' decisions (fitted into the budget band); "evolution" = from there, a constrained
-    # evolutionary search scored by the supernet's held-out accuracy with inherited weights.
-    method: str = "evolution"
+    # docs/search.md, "Methods". "paper": weights and thresholds trained together (warm-up, then the
+    # latency phase), the network read off the thresholds (fitted into the budget band).
+    # "evolution": every step trains a random sub-network (indicator dropout throughout, so every
+    # path is trained alike), then a constrained evolutionary search of the budget band scores
+    # networks with the inherited weights. None: evolution with a budget, paper without one.
+    method: str | None = None
     budget_floor: float = DEFAULT_FLOOR  # the written network is at least floor * budget
     evaluations: int = 48  # networks the evolution scores
     selection_images: int = 2000  # held-out images each candidate is scored on
     space_text: str = ""  # the space's source, so --resume does not depend on the file
 
     @property
+    def search_method(self) -> str:
+        """The method in force: ``method``, or evolution with a budget and paper without one."""
+        if self.method is not None:
+            return self.method
+        return "evolution" if self.latency_budget is not None or self.budget_percentile is not None else "paper"
+
+    @property
     def warmup(self) -> float:
-        return self.epochs * OFFICIAL_WARMUP_FRACTION if self.warmup_epochs is None else self.warmup_epochs
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return self.epochs if self.search_method == "evolution" else self.epochs * OFFICIAL_WARMUP_FRACTION
 
     @property
     def lambda_value(self) -> float:
@@ -148,8 +160,11 @@ class SearchConfig:
             raise UsageError(f"--latency-budget must be a positive number of ms, got {self.latency_budget}")
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"--image-size must be >= 8, got {self.image_size}")
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise UsageError(f"unknown --method '{self.method}'; known: {', '.join(METHODS)}")
+        if self.search_method == "evolution" and self.latency_budget is None and self.budget_percentile is None:
+            raise UsageError("--method evolution searches a latency band: give --latency-budget MS or P% "
+                             "(--method paper reads the network off the thresholds, with --lambda or a budget)")
         if not 0 < self.budget_floor <= 1:
             raise UsageError(f"--budget-floor must be in (0, 1], got {self.budget_floor}")
         if self.evaluations < 1:
@@ -525,7 +540,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             fit = fit_to_budget(space, graph, answer, report, budget, cfg.budget_floor)
             decisions = fit.decisions
         selection = None
-        if cfg.method == "evolution":
+        if cfg.search_method == "evolution":
             from spnas_dsl.selection import select_in_band
 
             band = (fit.floor_ms, fit.budget) if fit is not None and fit.in_band else None
@@ -549,7 +564,7 @@ def run_search(cfg: SearchConfig, out_dir: str | Path | None = None, resume: dic
             raise SpnasError("internal error: the derived network does not print back to itself")
         result = {"arch": text, "latency_ms": latency, "accuracy": accuracy, "lambda_final": lam_final,
                   "decisions": {str(i): str(o) for i, o in decisions.items()},
-                  "method": cfg.method,
+                  "method": cfg.search_method,
                   "thresholds_answer": {str(i): str(o) for i, o in answer.items()},
                   "budget_fit": None if fit is None else {
                       "in_band": fit.in_band, "band_ms": [fit.floor_ms, fit.budget], "latency_ms": fit.latency_ms,
@@ -642,7 +657,9 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
         f"{declared} (the declared input)"
     if fit is not None:
         asked = f" (the {cfg.budget_percentile:g}th percentile of the space)" if cfg.budget_percentile is not None else ""
-        steer = f"latency budget: {fit.budget:.4g} ms{asked} (lambda steered after the warm-up, final {lam:.4g})"
+        how = (f"lambda steered after the warm-up, final {lam:.4g}" if cfg.warmup < cfg.epochs else
+               "no latency phase: the band is searched after training")
+        steer = f"latency budget: {fit.budget:.4g} ms{asked} ({how})"
     else:
         steer = f"lambda: {lam:g} (loss = CE + lambda * 1000 * ln(latency_ms))"
     lines = [
@@ -655,7 +672,8 @@ def _header(cfg: SearchConfig, space: Network, target, data_desc: str, image_siz
         lines.append(fit.describe())
     if selection is not None:
         lines.append(f"method: evolution ({len(selection.scored)} networks in the band scored by the supernet's "
-                     f"held-out accuracy; the thresholds' answer scored {selection.answer.accuracy:.2%})")
+                     f"held-out accuracy with inherited weights; the search started from one that scored "
+                     f"{selection.answer.accuracy:.2%})")
     else:
         lines.append("method: paper (the thresholds' decisions)")
     lines += [

@@ -191,12 +191,23 @@ def test_percentile_budget_is_resolved_on_the_table(fm_table, tmp_path, capsys):
     assert code == 2 and "between 0 and 100" in err and "Traceback" not in err
 
 
-def test_paper_method_writes_the_fitted_thresholds_answer(fm_table, tmp_path, capsys):
-    """The same search with --method paper writes what --method evolution records as its starting point."""
+def test_methods_record_their_networks(fm_table, tmp_path, capsys):
+    """--method paper writes the fitted thresholds' answer; --method evolution trains without a latency
+    phase and starts its selection from the fit of that supernet's answer."""
     args = [*TINY, "--epochs", "2", "--latency-budget", "7", "--evaluations", "4"]
     assert search(FM_SPACE, "--target", fm_table, *args, "--method", "paper", "--out", tmp_path / "p")[0] == 0
-    assert search(FM_SPACE, "--target", fm_table, *args, "--method", "evolution", "--out", tmp_path / "e")[0] == 0
+    assert search(FM_SPACE, "--target", fm_table, *args, "--out", tmp_path / "e")[0] == 0  # default with a budget
     paper, _ = read_result(tmp_path / "p")
-    evolution, _ = read_result(tmp_path / "e")
-    assert paper["result"]["decisions"] == evolution["result"]["budget_fit"]["decisions"]
+    evolution, text = read_result(tmp_path / "e")
+    assert paper["result"]["method"] == "paper" and paper["result"]["selection"] is None
+    assert paper["result"]["decisions"] == paper["result"]["budget_fit"]["decisions"]
+    assert paper["warmup_steps"] < paper["total_steps"]
+    assert evolution["result"]["method"] == "evolution" and evolution["warmup_steps"] == evolution["total_steps"]
     assert evolution["result"]["selection"]["start"]["decisions"] == evolution["result"]["budget_fit"]["decisions"]
+    assert "no latency phase" in text
+
+
+def test_evolution_needs_a_budget(fm_table, tmp_path, capsys):
+    code, _out, err = search(FM_SPACE, "--target", fm_table, *TINY, "--lambda", "0.02", "--method", "evolution",
+                             "--out", tmp_path / "o", capsys=capsys)
+    assert code == 2 and "--method evolution searches a latency band" in err

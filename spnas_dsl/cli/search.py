@@ -49,9 +49,10 @@ def register(sub) -> None:
                    help="the found network's predicted latency: at most MS and at least --budget-floor * MS; or P%%: "
                    "the P-th percentile of the space's latencies on the target (portable between machines)")
     p.add_argument("--method", choices=["evolution", "paper"],
-                   help="how the network is read off the trained supernet: 'paper' = the thresholds' decisions "
-                   "(the paper's recipe); 'evolution' (default) = from there, an evolutionary search of the budget "
-                   "band scored by the supernet's held-out accuracy (docs/search.md)")
+                   help="'paper': the paper's recipe (weights and thresholds trained together, the network read "
+                   "off the thresholds; the default without a budget); 'evolution' (the default with a budget): "
+                   "every step trains a random sub-network, then an evolutionary search of the budget band scores "
+                   "networks with the supernet's weights (docs/search.md)")
     p.add_argument("--budget-floor", type=positive_float, metavar="F",
                    help="with --latency-budget: the written network is at least F * MS (default 0.98)")
     p.add_argument("--evaluations", type=positive_int, metavar="N",
