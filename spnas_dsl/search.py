@@ -115,7 +115,7 @@ class SearchConfig:
     method: str | None = None
     budget_floor: float = DEFAULT_FLOOR  # the written network is at least floor * budget
     evaluations: int = 48  # networks the evolution scores
-    selection_images: int = 10_000  # at most this many held-out images score each candidate
+    selection_images: int = 2000  # at most this many held-out images score each candidate
     space_text: str = ""  # the space's source, so --resume does not depend on the file
 
     @property
