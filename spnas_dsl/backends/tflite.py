@@ -151,8 +151,8 @@ def build_layer_tflite(shape: LayerShape, option: Option, *, state_dict: dict | 
     """One MBConv ``option`` at the place of ``shape`` (input HxWxC, output channels, stride)."""
     from spnas_dsl.backends.keras import build_keras_mbconv
 
-    if option.is_skip:
-        raise BuildError(f"layer {shape.index} ({shape.name}): a skip has no model (it costs nothing)")
+    if option.is_skip and not (option.project and shape.changes_shape):
+        raise BuildError(f"layer {shape.index} ({shape.name}): an identity skip has no model (it costs nothing)")
     model = build_keras_mbconv(shape.in_hwc, shape.out_hwc[2], option, shape.stride, state_dict)
     return keras_to_tflite(model, int8=int8, representative=representative)
 
