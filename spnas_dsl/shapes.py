@@ -107,6 +107,11 @@ def infer_shapes(network: Network) -> NetworkShape:
     )
 
 
+def is_identity(shape: LayerShape, option: Option) -> bool:
+    """Whether ``option`` leaves the layer out: a skip that is not a projection where the shape changes."""
+    return option.is_skip and not (option.project and shape.changes_shape)
+
+
 def option_cost(shape: LayerShape, option: Option) -> tuple[int, int]:
     """(parameters, multiply-adds) of one layer for one option.
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from spnas_dsl.compiler.blocks import BN_EPS, BN_MOMENTUM
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.shapes import infer_shapes, is_identity
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -192,7 +192,7 @@ def build_keras_model(network: Network, state_dict: dict | None = None) -> keras
     block_index = [0] * len(network.stages)
     for shape in shapes.layers:
         option = shape.layer.options[0]
-        if option.is_skip and not (option.project and shape.changes_shape):
+        if is_identity(shape, option):
             continue  # an identity skip: absent from the PyTorch blocks too
         si = stage_index[shape.stage]
         child = r.child(f"blocks.{si}.{block_index[si]}.")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, mbconv, set_batch_norm
+from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, block_for, set_batch_norm
 from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Layer, Network, Option
@@ -201,12 +201,15 @@ class SuperMBConv(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, kernels: tuple[int, ...],
-                 expansions: tuple[int, ...], skip: bool, index: int = -1, name: str = ""):
+                 expansions: tuple[int, ...], skip: bool, index: int = -1, name: str = "",
+                 expand_always: bool = False):
         super().__init__()
         self.index = index
         self.name = name
         self.has_residual = stride == 1 and in_chs == out_chs
-        self.has_expand = expansions[0] > 1
+        # expand=always: e=1 is the first channel group of the expansion conv, so <1,3,6> nests
+        self.has_expand = expansions[0] > 1 or expand_always
+        self.expand_always = expand_always
         mid = in_chs * max(expansions)
         if self.has_expand:
             self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
@@ -226,7 +229,9 @@ class SuperMBConv(nn.Module):
 
     def indicators(self, dropout: bool | None = None) -> LayerIndicators:
         """This layer's decisions from the current weights and thresholds (see ``SuperKernel.decide``)."""
-        return self.conv_dw.decide(dropout)[0]
+        ind = self.conv_dw.decide(dropout)[0]
+        ind.expand_always = self.expand_always
+        return ind
 
     @torch.no_grad()
     def select(self, option: Option) -> None:
@@ -270,22 +275,43 @@ class SuperMBConv(nn.Module):
         return x + y if self.has_residual else y
 
 
-def check_nestable(layer: Layer) -> None:
-    """Raise :class:`LoweringError` unless the layer's expansions nest as channel groups.
+def check_nestable(layer: Layer, changes_shape: bool = False) -> None:
+    """Raise :class:`LoweringError` unless the layer's options nest in one superkernel.
 
     Kernel sets of odd sizes always nest as shells. Expansions nest when every one is a
-    multiple of the smallest and the smallest is > 1 (e=1 has no expand conv, so it cannot
-    share a superkernel with larger expansions); a lone e=1 is fine.
+    multiple of the smallest and the smallest is > 1 or the layer writes ``expand=always`` (e=1
+    without its expand conv cannot share a superkernel with larger expansions); a lone e=1 is
+    fine. Grouped 1x1 convs, several ``mbconv`` alternatives and a projection skip where the
+    shape changes are second paths, not weight subsets: rejected (see
+    ``spaces/fbnet_cifar100_searchable.spnas`` for the FBNet space's part that nests).
     """
+    if layer.more:
+        raise LoweringError(
+            "the supernet nests one 'mbconv' per layer: a second 'mbconv' alternative (here with "
+            "different g= or expand=) is a second path, not a weight subset; search a space without it",
+            layer.more[0].span,
+        )
+    if layer.groups is not None:
+        raise LoweringError(
+            "the supernet does not search grouped 1x1 convolutions (g=): a grouped conv is not a "
+            "channel subset of the dense one; drop g= from searched layers",
+            layer.groups.span,
+        )
+    if layer.skip and layer.skip_project and changes_shape:
+        raise LoweringError(
+            "the supernet cannot search 'skip project=conv' where the shape changes: the 1x1 projection "
+            "is a second path, not a weight subset of the block; drop the skip from this layer",
+            layer.span,
+        )
     choice = layer.expansion
     if choice is None or choice.is_singleton:
         return
     values = choice.values
     text = "<" + ",".join(str(e) for e in values) + ">"
-    if choice.min == 1:
+    if choice.min == 1 and not layer.expand_always:
         raise LoweringError(
             f"expansions {text} cannot be nested as equal channel groups: expansion 1 has no expand conv, "
-            f"so it cannot share a superkernel with larger expansions",
+            f"so it cannot share a superkernel with larger expansions (write expand=always to keep it)",
             choice.span,
         )
     if any(e % choice.min for e in values):
@@ -463,14 +489,14 @@ def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: Latency
         layer = shape.layer
         in_chs, out_chs = shape.in_hwc[2], shape.out_hwc[2]
         if layer.is_searched:
-            check_nestable(layer)
+            check_nestable(layer, shape.changes_shape)
+            if layer.kernel is None:  # only reachable with alternatives check_nestable rejects
+                raise LoweringError("a searched layer needs an 'mbconv'", layer.span)
             block: nn.Module = SuperMBConv(in_chs, out_chs, shape.stride, layer.kernel.values,
-                                           layer.expansion.values, layer.skip, index=shape.index, name=shape.name)
-        elif layer.is_skip_only:
-            block = nn.Identity()
+                                           layer.expansion.values, layer.skip, index=shape.index, name=shape.name,
+                                           expand_always=layer.expand_always)
         else:
-            option = layer.options[0]
-            block = mbconv(in_chs, out_chs, option.kernel, shape.stride, option.expansion)
+            block = block_for(layer.options[0], in_chs, out_chs, shape.stride) or nn.Identity()
         stages[stage_index[shape.stage]].append(block)
     if latency_graph is None and target is not None:
         from spnas_dsl.latency.graph import LatencyGraph
