@@ -98,7 +98,7 @@ def metrics(predicted, measured) -> dict[str, float]:
     err = p - m
     rel = np.abs(err) / np.maximum(m, 1e-9) * 100
     return {
-        "networks": int(len(m)),
+        "networks": len(m),
         "mape_pct": float(rel.mean()),
         "rmse_ms": float(np.sqrt((err**2).mean())),
         "max_error_pct": float(rel.max()),
