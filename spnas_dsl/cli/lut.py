@@ -226,7 +226,7 @@ def run_validate(args) -> int:
 def _validate_measurements(args) -> int:
     from spnas_dsl.errors import UsageError
     from spnas_dsl.parser import load
-    from spnas_dsl.targets import load_target
+    from spnas_dsl.targets import DEVICE_KEYS, load_target
     from spnas_dsl.targets.measurements import load_measurements, resolve
     from spnas_dsl.targets.score import plot_scatter, score
 
@@ -234,7 +234,7 @@ def _validate_measurements(args) -> int:
         raise UsageError("--measurements and --device go together")
     space = load(args.space)
     target = load_target(args.table or args.target)
-    meas = load_measurements(args.measurements, args.device)
+    meas = load_measurements(args.measurements, args.device, DEVICE_KEYS)
     report = score(space, target, meas, resolve(space, meas))
     if args.plot:
         plot_scatter(report, args.plot)
@@ -258,7 +258,7 @@ def run_fit(args) -> int:
     from spnas_dsl.errors import UsageError
     from spnas_dsl.parser import load
     from spnas_dsl.profiling.lut import now
-    from spnas_dsl.targets import local_table_path
+    from spnas_dsl.targets import DEVICE_KEYS, local_table_path
     from spnas_dsl.targets.fit import fit_table, to_table
     from spnas_dsl.targets.measurements import load_measurements, resolve
     from spnas_dsl.targets.table import write_table
@@ -266,7 +266,7 @@ def run_fit(args) -> int:
     if args.folds < 2:
         raise UsageError("--folds must be at least 2")
     space = load(args.space)
-    meas = load_measurements(args.measurements, args.device)
+    meas = load_measurements(args.measurements, args.device, DEVICE_KEYS)
     result = fit_table(space, resolve(space, meas), meas.latency_ms, folds=args.folds, seed=args.seed)
     name = args.name or f"{args.device}-fit"
     table = to_table(result, meas, space, name=name, runtime="as measured (see provenance)",

@@ -51,8 +51,12 @@ class Measurements:
         return len(self.archs)
 
 
-def load_measurements(path: str | Path, device: str) -> Measurements:
-    """Read ``path`` and take ``device``'s latencies; raise :class:`MeasurementError` on any problem."""
+def load_measurements(path: str | Path, device: str, aliases: dict[str, str] | None = None) -> Measurements:
+    """Read ``path`` and take ``device``'s latencies; raise :class:`MeasurementError` on any problem.
+
+    ``aliases`` maps other names to the file's device keys (e.g. target ``galaxy-a50`` ->
+    ``samsung_a50``); a name the file has is always taken as it is.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -85,6 +89,8 @@ def load_measurements(path: str | Path, device: str) -> Measurements:
             raise bad(f"archs[{i}] must be a list of op names")
     if not isinstance(table, dict) or not table:
         raise bad("'latency_ms' must be an object: device -> list of latencies (ms)")
+    if device not in table and (aliases or {}).get(device) in table:
+        device = aliases[device]
     if device not in table:
         raise bad(f"no device '{device}' (devices: {', '.join(sorted(table))})")
     values = table[device]
