@@ -62,24 +62,33 @@ def design(space: Network) -> Design:
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float, free: list[list[int]] = ()) -> tuple[np.ndarray, float]:
-    """min ||x w + c - y||^2 + lam ||w||^2 over w >= 0 (and c), by refitting without negative columns.
+    """min ||x w + c - y||^2 + lam ||w||^2 over w >= 0 and c >= 0, by refitting without negative columns.
 
     ``free``: the columns of each layer that has no identity option. One of its options is always
     taken, so shifting its costs by their minimum into ``c`` changes no prediction; that is done
-    first, and only a cost still negative (below its layer's identity skip) is dropped.
+    first, and only a cost still negative (below its layer's identity skip) is dropped. A negative
+    constant (possible on noisy devices) is fixed at 0 and the costs refitted.
     """
+    w, c = _ridge_active(x, y, lam, free, intercept=True)
+    if c < 0:
+        w, c = _ridge_active(x, y, lam, free, intercept=False)
+    return w, c
+
+
+def _ridge_active(x, y, lam: float, free, intercept: bool) -> tuple[np.ndarray, float]:
     keep = np.ones(x.shape[1], dtype=bool)
     w = np.zeros(x.shape[1])
     c = 0.0
     for _ in range(x.shape[1] + 1):
         xa = x[:, keep]
         k = xa.shape[1]
+        ones = np.ones((len(y), int(intercept)))
         # Augmented system: [x 1; sqrt(lam) I 0] [w; c] = [y; 0]  (the constant is not penalised)
-        a = np.vstack([np.hstack([xa, np.ones((len(y), 1))]), np.hstack([np.sqrt(lam) * np.eye(k), np.zeros((k, 1))])])
+        a = np.vstack([np.hstack([xa, ones]), np.hstack([np.sqrt(lam) * np.eye(k), np.zeros((k, int(intercept)))])])
         b = np.concatenate([y, np.zeros(k)])
         sol = np.linalg.lstsq(a, b, rcond=None)[0]
         w = np.zeros(x.shape[1])
-        w[keep], c = sol[:k], float(sol[k])
+        w[keep], c = sol[:k], float(sol[k]) if intercept else 0.0
         for cols in free:
             low = w[cols].min()
             w[cols] -= low
@@ -88,8 +97,7 @@ def _ridge(x: np.ndarray, y: np.ndarray, lam: float, free: list[list[int]] = ())
             break
         keep &= w > -1e-12
         w[~keep] = 0.0
-    w = np.maximum(w, 0.0)
-    return w, c
+    return np.maximum(w, 0.0), c
 
 
 def metrics(predicted, measured) -> dict[str, float]:
@@ -175,7 +183,7 @@ def fit_table(space: Network, networks: list[list[Option]], latency_ms, *, folds
     _, lam, held = min(scored, key=lambda t: (t[0], t[1]))
     w, c = _ridge(x, y, lam, d.free_layers)
     pred = x @ w + c
-    return FitResult(d, w, max(c, 0.0), lam, k, metrics(held, y), metrics(pred, y), y - pred)
+    return FitResult(d, w, c, lam, k, metrics(held, y), metrics(pred, y), y - pred)
 
 
 def to_table(result: FitResult, meas, space: Network, *, name: str, description: str, runtime: str,
