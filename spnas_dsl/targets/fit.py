@@ -5,8 +5,13 @@ the fixed layers, one fixed group of the table) plus one cost per searched layer
 (an entry keyed by the option's signature at that layer's position); an identity skip costs 0,
 the reference level of its layer. The costs are fitted by ridge-regularised least squares
 (the constant is not penalised) with costs kept >= 0: a cost that comes out negative is set to
-0 and the rest refitted, until none is. The regularisation is picked by K-fold cross-validation
-from a small grid; the reported held-out error is that of the chosen setting.
+0 and the rest refitted, until none is. The ridge pulls each cost towards a **prior**, not
+towards 0: a small model of the cost from the option's arithmetic (multiply-adds, parameters,
+activations moved, and a per-op overhead, one coefficient set per kind of op: MBConv, grouped
+MBConv, projection), least-squares fitted to the same networks first. With few networks, costs
+the data barely sees stay near what their size suggests. The regularisation is picked by
+K-fold cross-validation from a small grid (the prior refitted inside each fold); the reported
+held-out error is that of the chosen setting.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import numpy as np
 
 from spnas_dsl.ir import Network, Option
 from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
-from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.shapes import infer_shapes, option_cost
 
-LAMBDAS = (1e-6, 1e-3, 1e-1, 1.0, 10.0, 100.0)
+LAMBDAS = (1e-6, 1e-3, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Design:
     columns: list[tuple[int, Option, str]]
     fixed_signatures: list[str]
     free_layers: list[list[int]]  # column indices of each layer without an identity option
+    features: np.ndarray  # (columns, features) of the prior: arithmetic of each option, by kind
 
 
     def matrix(self, networks: list[list[Option]]) -> np.ndarray:
@@ -58,24 +64,59 @@ def design(space: Network) -> Design:
         if len(priced) == len(options):
             free.append(list(range(len(columns), len(columns) + len(priced))))
         columns += priced
-    return Design(columns, fixed + [head_signature(shapes)], free)
+    by_index = {s.index: s for s in shapes.layers}
+    features = np.array([_features(by_index[i], o) for i, o, _ in columns]).reshape(len(columns), len(_KINDS) * 4)
+    return Design(columns, fixed + [head_signature(shapes)], free, features)
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, lam: float, free: list[list[int]] = ()) -> tuple[np.ndarray, float]:
-    """min ||x w + c - y||^2 + lam ||w||^2 over w >= 0 and c >= 0, by refitting without negative columns.
+_KINDS = ("mbconv", "grouped", "proj")
+
+
+def _features(shape, option: Option) -> list[float]:
+    """Prior features of one option: (MACs, params, activations, 1) in the block of its kind."""
+    params, macs = option_cost(shape, option)
+    (h, w, cin), (oh, ow, cout) = shape.in_hwc, shape.out_hwc
+    mid = cin * (option.expansion or 1)
+    acts = h * w * cin + oh * ow * cout + (h * w * mid + oh * ow * mid if not option.is_skip else 0)
+    kind = "proj" if option.is_skip else ("grouped" if option.groups > 1 else "mbconv")
+    row = [0.0] * (len(_KINDS) * 4)
+    k = _KINDS.index(kind) * 4
+    row[k:k + 4] = [macs / 1e6, params / 1e4, acts / 1e5, 1.0]
+    return row
+
+
+def _prior(x: np.ndarray, y: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Prior costs: ``features @ theta`` with theta least-squares fitted to the networks (>= 0)."""
+    if features.size == 0:
+        return np.zeros(x.shape[1])
+    a = np.hstack([x @ features, np.ones((len(y), 1))])
+    theta = np.linalg.lstsq(a, y, rcond=None)[0][:-1]
+    return np.maximum(features @ theta, 0.0)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, lam: float, d: Design, prior: bool = True) -> tuple[np.ndarray, float]:
+    """Prior (fitted on these networks), then the ridge around it."""
+    w0 = _prior(x, y, d.features) if prior else np.zeros(x.shape[1])
+    return _ridge(x, y, lam, d.free_layers, w0)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float, free: list[list[int]] = (),
+           w0: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """min ||x w + c - y||^2 + lam ||w - w0||^2 over w >= 0 and c >= 0, refitting without negative costs.
 
     ``free``: the columns of each layer that has no identity option. One of its options is always
     taken, so shifting its costs by their minimum into ``c`` changes no prediction; that is done
-    first, and only a cost still negative (below its layer's identity skip) is dropped. A negative
-    constant (possible on noisy devices) is fixed at 0 and the costs refitted.
+    first, and only a cost still negative (below its layer's identity skip) is set to 0. A
+    negative constant (possible on noisy devices) is fixed at 0 and the costs refitted.
     """
-    w, c = _ridge_active(x, y, lam, free, intercept=True)
+    w0 = np.zeros(x.shape[1]) if w0 is None else w0
+    w, c = _ridge_active(x, y, lam, free, w0, intercept=True)
     if c < 0:
-        w, c = _ridge_active(x, y, lam, free, intercept=False)
+        w, c = _ridge_active(x, y, lam, free, w0, intercept=False)
     return w, c
 
 
-def _ridge_active(x, y, lam: float, free, intercept: bool) -> tuple[np.ndarray, float]:
+def _ridge_active(x, y, lam: float, free, w0: np.ndarray, intercept: bool) -> tuple[np.ndarray, float]:
     keep = np.ones(x.shape[1], dtype=bool)
     w = np.zeros(x.shape[1])
     c = 0.0
@@ -83,12 +124,12 @@ def _ridge_active(x, y, lam: float, free, intercept: bool) -> tuple[np.ndarray, 
         xa = x[:, keep]
         k = xa.shape[1]
         ones = np.ones((len(y), int(intercept)))
-        # Augmented system: [x 1; sqrt(lam) I 0] [w; c] = [y; 0]  (the constant is not penalised)
+        # w = w0 + delta: [x 1; sqrt(lam) I 0] [delta; c] = [y - x w0; 0] (the constant is not penalised)
         a = np.vstack([np.hstack([xa, ones]), np.hstack([np.sqrt(lam) * np.eye(k), np.zeros((k, int(intercept)))])])
-        b = np.concatenate([y, np.zeros(k)])
+        b = np.concatenate([y - xa @ w0[keep], np.zeros(k)])
         sol = np.linalg.lstsq(a, b, rcond=None)[0]
         w = np.zeros(x.shape[1])
-        w[keep], c = sol[:k], float(sol[k]) if intercept else 0.0
+        w[keep], c = w0[keep] + sol[:k], float(sol[k]) if intercept else 0.0
         for cols in free:
             low = w[cols].min()
             w[cols] -= low
@@ -158,30 +199,33 @@ def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return np.array_split(np.random.default_rng(seed).permutation(n), k)
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, lam: float, folds: list[np.ndarray],
-                   free: list[list[int]] = ()) -> np.ndarray:
+def cross_validate(x: np.ndarray, y: np.ndarray, lam: float, folds: list[np.ndarray], d: Design,
+                   prior: bool = True) -> np.ndarray:
     """Held-out predictions of every network (each predicted by the fit without its fold)."""
     pred = np.zeros(len(y))
     for test in folds:
         train = np.setdiff1d(np.arange(len(y)), test)
-        w, c = _ridge(x[train], y[train], lam, free)
+        w, c = _fit(x[train], y[train], lam, d, prior)
         pred[test] = x[test] @ w + c
     return pred
 
 
 def fit_table(space: Network, networks: list[list[Option]], latency_ms, *, folds: int = 5, seed: int = 0,
-              lambdas: tuple[float, ...] = LAMBDAS) -> FitResult:
-    """Fit the additive model to whole-network latencies; ``folds``-fold CV picks the regularisation."""
+              lambdas: tuple[float, ...] = LAMBDAS, prior: bool = True) -> FitResult:
+    """Fit the additive model to whole-network latencies; ``folds``-fold CV picks the regularisation.
+
+    ``prior=False`` pulls the costs towards 0 instead of towards the arithmetic prior.
+    """
     d = design(space)
     x, y = d.matrix(networks), np.asarray(latency_ms, dtype=float)
     k = max(2, min(folds, len(y)))
     split = _folds(len(y), k, seed)
     scored = []
     for lam in lambdas:
-        held = cross_validate(x, y, lam, split, d.free_layers)
+        held = cross_validate(x, y, lam, split, d, prior)
         scored.append((metrics(held, y)["mape_pct"], lam, held))
     _, lam, held = min(scored, key=lambda t: (t[0], t[1]))
-    w, c = _ridge(x, y, lam, d.free_layers)
+    w, c = _fit(x, y, lam, d, prior)
     pred = x @ w + c
     return FitResult(d, w, c, lam, k, metrics(held, y), metrics(pred, y), y - pred)
 
