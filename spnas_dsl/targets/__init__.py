@@ -111,6 +111,19 @@ KNOWN_TARGETS: dict[str, TargetSpec] = {
         "dstamoulis/single-path-nas; converted by tools/convert_pixel1.py",
         space="spaces/mnasnet.spnas",
     ),
+    "pixel1-proxylessnas": TargetSpec(
+        name="pixel1-proxylessnas",
+        description="the ProxylessNAS authors' Pixel 1 table, keyed by operator shape (read-only)",
+        device="Google Pixel 1",
+        runtime="TFLite",
+        threads=1,
+        profilable=False,
+        kind="builtin",
+        table="pixel1-proxylessnas.json",
+        source="ProxylessNAS (Cai et al., ICLR 2019), mobile_trim.yaml of han-cai/files (count, mean, var per "
+        "operator); converted by tools/convert_proxylessnas.py",
+        space="spaces/mnasnet.spnas",
+    ),
     **{spec.name: spec for spec in _device_specs()},
     "host-tflite": TargetSpec(
         name="host-tflite",

@@ -54,6 +54,8 @@ class Entry(_Strict):
     signature: str
     latency_ms: float
     position: int | None = Field(default=None, ge=0, le=MAX_POSITION)
+    count: int | None = Field(default=None, ge=1)  # runs the figure is the mean of, when the source says
+    var: float | None = Field(default=None, ge=0)  # their variance (ms^2), when the source says
 
     @field_validator("signature")
     @classmethod
