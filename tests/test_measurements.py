@@ -152,3 +152,85 @@ def test_tiny_search_on_fbnet_targets(tmp_path, target):
     result = json.loads((out / "search.json").read_text())["result"]
     assert LatencyGraph.build(found, target).predict() == pytest.approx(result["latency_ms"], rel=1e-6)
     assert len(infer_shapes(found).layers) == 22
+
+
+PROXYLESS_YAML = ROOT / "targets" / "sources" / "proxylessnas_pixel1_mobile_trim.yaml"
+
+
+def _yaml_mean(key: str) -> float:
+    text = PROXYLESS_YAML.read_text()
+    block = text[text.index(key + ":\n"):]
+    return float(block.split("mean:", 1)[1].split("\n", 1)[0])
+
+
+def test_pixel1_proxylessnas_is_the_authors_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_proxylessnas", ROOT / "tools" / "convert_proxylessnas.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    converted = tool.convert(tool.parse_yaml(PROXYLESS_YAML.read_text(), str(PROXYLESS_YAML)))
+    shipped = load_target("pixel1-proxylessnas").table
+    assert converted.entries == shipped.entries
+    assert all(e.count and e.var is not None for e in shipped.entries)
+    net = load(ROOT / "examples" / "spnasnet.spnas")
+    rows = {r.name: r for r in LatencyGraph.build(net, "pixel1-proxylessnas").breakdown()}
+    assert rows["stem"].latency_ms == pytest.approx(_yaml_mean("Conv-input:224x224x3-output:112x112x32"))
+    assert rows["head"].latency_ms == pytest.approx(_yaml_mean("Conv_1-input:7x7x320-output:7x7x1280")
+                                                    + _yaml_mean("Logits-input:7x7x1280-output:1000"))
+    assert rows["s24.0"].latency_ms == pytest.approx(_yaml_mean(
+        "expanded_conv-input:112x112x16-output:56x56x24-expand:3-kernel:3-stride:2-idskip:0"))
+    # kernel 7 is priced too (the paper's table has only 3 and 5)
+    text = (ROOT / "spaces" / "mnasnet.spnas").read_text().replace("k=<3,5>", "k=<3,5,7>")
+    from spnas_dsl.parser import parse_text
+
+    k7 = parse_text(text)
+    assert LatencyGraph.build(k7, "pixel1-proxylessnas").max_ms() > LatencyGraph.build(
+        load(ROOT / "spaces" / "mnasnet.spnas"), "pixel1-proxylessnas").max_ms()
+
+
+@pytest.mark.slow
+def test_tiny_search_on_pixel1_proxylessnas(tmp_path):
+    out = tmp_path / "run"
+    assert main(["search", str(ROOT / "spaces" / "mnasnet.spnas"), "--target", "pixel1-proxylessnas",
+                 "--data", "synthetic:32", "--image-size", "8", "--batch-size", "16", "--epochs", "1",
+                 "--warmup-epochs", "0", "--quiet", "--out", str(out)]) == 0
+    found = load(out / "arch.spnas")
+    result = json.loads((out / "search.json").read_text())["result"]
+    assert LatencyGraph.build(found, "pixel1-proxylessnas").predict() == pytest.approx(result["latency_ms"], rel=1e-6)
+
+
+TINY_SPACE = """\
+network tiny {
+    input 8x8x1
+    classes 3
+    width 1.0
+    stem conv k=3 c=8 s=1
+    stage a c=8 s=2 {
+        mbconv k=<3,5> e=<1,3> expand=always
+        mbconv k=3 e=<1,3> g=<1,2> expand=always | skip
+    }
+    head conv c=16 dropout=0.0
+}
+"""
+
+
+@pytest.mark.slow
+def test_lut_build_from_networks_times_whole_networks_and_fits(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPNAS_CACHE_DIR", str(tmp_path / "cache"))
+    space = tmp_path / "tiny.spnas"
+    space.write_text(TINY_SPACE)
+    assert main(["lut", "build", str(space), "--target", "host-onnxruntime", "--from-networks", "10",
+                 "--processes", "1", "--rounds", "1", "--min-seconds", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["networks"] == 10
+    table = load_target("host-onnxruntime").table
+    assert table.provenance is not None and table.provenance.networks == 10
+    assert table.provenance.source_file == report["measurements"]
+    measured = json.loads(Path(report["measurements"]).read_text())
+    assert len(measured["archs"]) == 10 and all(v > 0 for v in measured["latency_ms"]["host-onnxruntime"])
+    # the measurement file it wrote is an ordinary one: lut validate scores the table on it
+    assert main(["lut", "validate", str(space), "--target", "host-onnxruntime", "--measurements",
+                 report["measurements"], "--device", "host-onnxruntime", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["mape_pct"] == pytest.approx(table.provenance.fit["mape_pct"], rel=1e-6)

@@ -231,7 +231,8 @@ def fit_table(space: Network, networks: list[list[Option]], latency_ms, *, folds
 
 
 def to_table(result: FitResult, meas, space: Network, *, name: str, description: str, runtime: str,
-             references: list[str] | None = None, date: str = "", read_only: bool = True):
+             references: list[str] | None = None, date: str = "", read_only: bool = True, threads: int = 1,
+             source: str | None = None):
     """The fitted costs as an ordinary target table, with the fit's full provenance."""
     from spnas_dsl.targets.table import Entry, FixedGroup, LatencyTable, Provenance
 
@@ -248,9 +249,9 @@ def to_table(result: FitResult, meas, space: Network, *, name: str, description:
         cv={k: float(v) for k, v in result.cv.items()}, fit={k: float(v) for k, v in result.fit.items()},
         residuals_ms=[round(float(r), 6) for r in result.residuals_ms], references=list(references or []),
     )
-    source = (f"fitted by spnasc lut fit to {meas.count} whole-network latencies of device '{meas.device}' in "
+    source = source or (f"fitted by spnasc lut fit to {meas.count} whole-network latencies of device '{meas.device}' in "
               f"{meas.path.name} (sha256 {meas.sha256[:12]}...); held-out MAPE {result.cv['mape_pct']:.2f} %")
     return LatencyTable(
-        name=name, description=description, device=meas.description or meas.device, runtime=runtime, threads=1,
+        name=name, description=description, device=meas.description or meas.device, runtime=runtime, threads=threads,
         source=source, date=date, read_only=read_only, entries=entries, fixed_groups=[group], provenance=provenance,
     )
