@@ -223,6 +223,7 @@ def run_validate(args) -> int:
         print(f"  {label:<20} RMSE {e['rmse_ms']:.4g} ms  MAPE {e['mape_pct']:.2f} %  max {e['max_error_pct']:.2f} %  "
               f"mean signed {e['mean_error_pct']:+.2f} %{terms}")
     print(f"  details: {report['report_file']}")
+    print(f"  measurement file (for lut fit / lut validate --measurements): {report['measurements_file']}")
     if args.plot:
         print(f"  plot: {args.plot}")
     return 0
