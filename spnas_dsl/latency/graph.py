@@ -373,8 +373,10 @@ class LatencyGraph:
                 options = [o for o in node["candidates"] if not o.is_skip]
                 kernels = sorted({o.kernel for o in options})
                 expansions = sorted({o.expansion for o in options})
-                grid = torch.tensor([[self.option_latency(key, Option(kernel=k, expansion=e)) for e in expansions]
-                                     for k in kernels], dtype=dtype, device=device)
+                # the layer's own options (e.g. k3e1x where e=1 keeps its expansion conv)
+                by_ke = {(o.kernel, o.expansion): o for o in options}
+                grid = torch.tensor([[self.option_latency(key, by_ke.get((k, e), Option(kernel=k, expansion=e)))
+                                      for e in expansions] for k in kernels], dtype=dtype, device=device)
                 skip_ms = self.option_latency(key, Option()) if any(o.is_skip for o in node["candidates"]) else 0.0
                 tables.append((key, grid, skip_ms))
             self._layer_tables[cache_key] = tables
