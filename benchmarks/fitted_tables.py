@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                              "additive + adjacent pairs: held-out MAPE %", "pair regularisation", "wins by > 0.1 pt"],
                             pair_rows, "lrrrl")
     goal_lines = [f"`{n}`: table from 200 networks {gap:+.2f} points of mean error vs from 1,500"
-                  + (f"; every draw within 0.01 ms on all {TEST} networks from N = {exact} on" if exact else
-                     "; no N with every draw within 0.01 ms")
+                  + (f"; every draw within 0.01 ms on all {TEST} networks from N = {exact} on" if exact else "")
+                  + ("" if abs(gap) <= 1 else " (goal: within 1 point; not met)")
                   for n, gap, exact in goals]
     extra = [(f"data: `{MEASUREMENTS.relative_to(R.REPO)}` (HELP's 2,000 FBNet networks; devices as in "
              "`targets/measurements/README.md`)"),
@@ -149,15 +149,19 @@ def main(argv: list[str] | None = None) -> None:
     R.publish("fitted_tables", body, a.no_write)
 
 
-NOTES = """**Reading it.** Error is MAPE on the 500 networks no table was fitted on. pixel3, raspi4,
-fpga and eyeriss are sums of HW-NAS-Bench's per-block tables: a table of one cost per layer and
-op plus a constant reproduces them exactly once enough networks cover every (layer, op); with
-too few networks some (layer, op) pairs are never seen and the regularisation prices them near
-0, hence the error at N = 50. The phones (whole-ms timings) and the Xeon are not additive: the
+NOTES = """**Reading it.** Error is MAPE on the 500 networks no table was fitted on. The fit is
+`spnasc lut fit`'s: ridge around an arithmetic prior (multiply-adds, parameters, activations and
+an overhead per kind of op, fitted to the same networks), costs >= 0, regularisation by 5-fold
+CV. pixel3, raspi4, fpga and eyeriss are sums of HW-NAS-Bench's per-block tables: a table of
+one cost per layer and op plus a constant reproduces them exactly once the networks cover
+every (layer, op) often enough; with 50 or 100 networks some are never seen and only the prior
+prices them, hence the error there. The phones (whole-ms timings) and the Xeon are not additive: the
 best additive table, judged on the very networks it was fitted on, is the floor; the 5-fold
 cross-validated figure is what to expect on new networks (the reference data's README reports
 8.3 / 6.4 / 11.2 / 10.1 / 3.1 % for pixel2 / galaxy-a50 / galaxy-s7 / essential-ph1 / xeon on
-3,000 other networks). The shipped tables (`spnasc targets`) are the fits on all 2,000
+3,000 other networks). The adjacent-pair model does not win on held-out networks on any
+device (its regularisation goes to the largest value tried), so the shipped tables stay
+additive. The shipped tables (`spnasc targets`) are the fits on all 2,000
 networks (`tools/fit_device_targets.py`)."""
 
 
