@@ -160,7 +160,7 @@ def test_shipped_mnasnet_files_keep_their_meaning():
 def test_supernet_rejects_what_does_not_nest_with_a_location():
     with pytest.raises(LoweringError) as info:
         lower_to_supernet(load(FBNET))
-    assert (info.value.span.line, info.value.span.column) == (13, 50)
+    assert (info.value.span.line, info.value.span.column) == (15, 50)
     grouped = parse_text(small("mbconv k=<3,5> e=1 g=2 expand=always", "mbconv k=3 e=3"), "g.spnas")
     with pytest.raises(LoweringError, match="grouped 1x1") as info:
         lower_to_supernet(grouped)
