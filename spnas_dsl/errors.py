@@ -89,6 +89,12 @@ class DataError(SpnasError):
     """Missing or malformed data set."""
 
 
+class MeasurementError(SpnasError):
+    """Malformed or mismatched measurement file (whole-network latencies)."""
+
+    exit_code = 2
+
+
 class CheckpointError(SpnasError):
     """Missing, corrupt or mismatched checkpoint / weights."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spnas_dsl.errors import Span
 
@@ -35,6 +35,9 @@ MAX_INPUT_SIDE = 8192             # input height and width
 MAX_CLASSES = 100_000             # outputs of the classifier
 MAX_WIDTH = 16.0                  # width multiplier
 MAX_STEM_KERNEL = 15              # stem conv kernel size
+GROUPS = (1, 2, 4)  # groups of the 1x1 convolutions (a channel shuffle follows the first)
+EXPAND_MODES = ("auto", "always")  # auto: no 1x1 expansion conv at e=1 (depthwise-separable)
+SKIP_PROJECTIONS = ("conv",)  # `skip project=conv`: 1x1 conv + BN + ReLU where the shape changes
 
 
 class Node(BaseModel):
@@ -69,38 +72,97 @@ class Choice(Node):
 
 
 class Option(BaseModel):
-    """One concrete choice of a searched layer: MBConv with (kernel, expansion), or skip."""
+    """One concrete choice of a searched layer: an MBConv variant, or a skip.
+
+    MBConv: ``kernel``, ``expansion``, ``groups`` of both 1x1 convs (a channel shuffle follows
+    the first when > 1) and ``expand_always`` (keep the 1x1 expansion conv at e=1; normalised
+    to False for e > 1, where the conv is always there). Skip: ``project`` says the skip becomes
+    a 1x1 conv + BN + ReLU where the layer changes the shape (identity elsewhere).
+    Text form (:meth:`__str__`): ``k3e6``, ``k3e1`` (depthwise-separable), ``k3e1x`` (e=1 with
+    its expansion conv), ``k3e1xg2`` (grouped), ``skip``, ``skip_proj``.
+    """
 
     model_config = ConfigDict(frozen=True, defer_build=True)
     kernel: int | None = None
     expansion: int | None = None
+    groups: int = 1
+    expand_always: bool = False
+    project: bool = False
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Option:
+        # Why: k3e6 written with expand=always is the same block; keep one Option per block.
+        if self.expand_always and self.expansion != 1:
+            object.__setattr__(self, "expand_always", False)
+        return self
 
     @property
     def is_skip(self) -> bool:
         return self.kernel is None
 
+    @property
+    def has_expand_conv(self) -> bool:
+        """Whether the block has its 1x1 expansion conv (e > 1, or e = 1 with ``expand=always``)."""
+        return not self.is_skip and (self.expansion != 1 or self.expand_always)
+
     def __str__(self) -> str:
-        return "skip" if self.is_skip else f"k{self.kernel}e{self.expansion}"
+        if self.is_skip:
+            return "skip_proj" if self.project else "skip"
+        text = f"k{self.kernel}e{self.expansion}" + ("x" if self.expand_always else "")
+        return text + (f"g{self.groups}" if self.groups != 1 else "")
 
 
 SKIP = Option()
 
 
+class MBConvAlt(Node):
+    """One ``mbconv`` alternative of a layer line: every (kernel, expansion, groups) it lists."""
+
+    kernel: Choice
+    expansion: Choice
+    groups: Choice | None = None  # None: <1>
+    expand_always: bool = False
+
+    def options(self) -> list[Option]:
+        """The alternative's options, by kernel, then expansion, then groups."""
+        groups = self.groups.values if self.groups is not None else (1,)
+        return [Option(kernel=k, expansion=e, groups=g, expand_always=self.expand_always)
+                for k in self.kernel.values for e in self.expansion.values for g in groups]
+
+
 class Layer(Node):
-    """An MBConv layer (or a skip). ``kernel``/``expansion`` are None for a skip-only layer."""
+    """An MBConv layer (or a skip). ``kernel``/``expansion`` are None for a skip-only layer.
+
+    ``kernel``, ``expansion``, ``groups`` and ``expand_always`` are the line's first ``mbconv``;
+    ``more`` holds further ``mbconv`` alternatives of the same line (e.g. a grouped variant),
+    ``skip_project`` marks ``skip project=conv``.
+    """
 
     kind: Literal["mbconv"] = "mbconv"
     kernel: Choice | None = None
     expansion: Choice | None = None
+    groups: Choice | None = None
+    expand_always: bool = False
+    more: tuple[MBConvAlt, ...] = ()
     skip: bool = False
+    skip_project: bool = False
+
+    @property
+    def alternatives(self) -> list[MBConvAlt]:
+        """Every ``mbconv`` alternative of the line, the first one first."""
+        if self.kernel is None or self.expansion is None:
+            return list(self.more)
+        first = MBConvAlt(kernel=self.kernel, expansion=self.expansion, groups=self.groups,
+                          expand_always=self.expand_always, span=self.kernel.span)
+        return [first, *self.more]
 
     @property
     def options(self) -> list[Option]:
-        """Every candidate of this layer, MBConv options first (by kernel, then expansion)."""
-        opts = []
-        if self.kernel is not None and self.expansion is not None:
-            opts = [Option(kernel=k, expansion=e) for k in self.kernel.values for e in self.expansion.values]
-        return opts + ([SKIP] if self.skip else [])
+        """Every candidate of this layer, MBConv options first (by alternative, kernel, expansion)."""
+        opts: list[Option] = []
+        for alt in self.alternatives:
+            opts += [o for o in alt.options() if o not in opts]
+        return opts + ([Option(project=True) if self.skip_project else SKIP] if self.skip else [])
 
     @property
     def is_concrete(self) -> bool:
@@ -112,14 +174,16 @@ class Layer(Node):
 
     @property
     def is_skip_only(self) -> bool:
-        return self.kernel is None and self.skip
+        return self.kernel is None and not self.more and self.skip
 
     @classmethod
     def from_option(cls, option: Option, span: Span | None = None) -> Layer:
         """The concrete layer for one option."""
         if option.is_skip:
-            return cls(skip=True, span=span)
-        return cls(kernel=Choice(values=(option.kernel,)), expansion=Choice(values=(option.expansion,)), span=span)
+            return cls(skip=True, skip_project=option.project, span=span)
+        groups = Choice(values=(option.groups,)) if option.groups != 1 else None
+        return cls(kernel=Choice(values=(option.kernel,)), expansion=Choice(values=(option.expansion,)),
+                   groups=groups, expand_always=option.expand_always, span=span)
 
 
 class Stem(Node):

@@ -18,14 +18,17 @@ from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasSyntaxError, Sp
 from spnas_dsl.ir import (
     BN_EPS,
     BN_MOMENTUM,
+    EXPAND_MODES,
     MAX_FILE_BYTES,
     MAX_LAYERS,
     MAX_NUMBER_CHARS,
+    SKIP_PROJECTIONS,
     Choice,
     Comment,
     Head,
     InputSize,
     Layer,
+    MBConvAlt,
     Network,
     Stage,
     Stem,
@@ -157,6 +160,17 @@ def _short(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
 
 
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return "<" + ",".join(f"{v:g}" for v in value) + ">"
+    return f"{value:g}"
+
+
+def _same_kind(a: MBConvAlt, b: MBConvAlt) -> bool:
+    """Two ``mbconv`` alternatives with the same groups and expand mode (write them as one)."""
+    return (a.groups, a.expand_always) == (b.groups, b.expand_always)
+
+
 class _Param:
     """A decoded ``name=value`` with its location; value is a float, a str or a tuple."""
 
@@ -173,7 +187,7 @@ class _Op:
 _OP_PARAMS = {
     "stem": {"conv": {"k", "c", "s"}},
     "head": {"conv": {"c", "dropout"}},
-    "layer": {"mbconv": {"k", "e"}, "skip": set()},
+    "layer": {"mbconv": {"k", "e", "g", "expand"}, "skip": {"project"}},
     "stage": {"c", "s"},
     "bn": {"eps", "momentum"},
 }
@@ -357,6 +371,30 @@ class _IRBuilder(Transformer):
         dropout = self._scalar(params, "dropout", "dropout rate", False, op.span, 0.0)
         return ("head", Head(channels=c, dropout=float(dropout), span=op.span), self._span(meta))
 
+    def _word(self, params: dict[str, _Param], name: str, allowed: tuple[str, ...], default: str) -> str:
+        """A parameter whose value is one of the words ``allowed`` (e.g. ``expand=always``)."""
+        p = params.get(name)
+        if p is None:
+            return default
+        if p.value not in allowed:
+            shown = p.value if isinstance(p.value, str) else _shown(p.value)
+            self._error(f"'{name}=' takes one of {', '.join(allowed)}, got '{shown}'", p.span)
+            return default
+        return p.value
+
+    def _mbconv(self, op: _Op) -> MBConvAlt | None:
+        params = self._params(op, _OP_PARAMS["layer"]["mbconv"], "mbconv")
+        kernel = self._choice(params, "k", "kernel size", op.span)
+        expansion = self._choice(params, "e", "expansion", op.span)
+        groups = self._choice(params, "g", "groups", op.span) if "g" in params else None
+        if groups is not None and groups.values == (1,):
+            groups = None  # g=1 is the default: one IR for one network
+        expand = self._word(params, "expand", EXPAND_MODES, "auto")
+        if kernel is None or expansion is None:
+            return None
+        return MBConvAlt(kernel=kernel, expansion=expansion, groups=groups, expand_always=expand == "always",
+                         span=op.span)
+
     @v_args(inline=False, meta=True)
     def layer(self, meta, items):
         repeat, first, *rest = items
@@ -369,31 +407,37 @@ class _IRBuilder(Transformer):
                 self._error(f"too many layers: more than {MAX_LAYERS} in the network", first.span)
         if self.layer_count > MAX_LAYERS:
             return []  # stop building: the error is reported and a huge list would exhaust memory
-        kernel = expansion = None
-        skip = False
-        mbconvs = 0
+        alts: list[MBConvAlt] = []
+        skip = project = False
         for op in (first, *rest):
             if op.name == "skip":
-                self._params(op, set(), "skip")
+                params = self._params(op, _OP_PARAMS["layer"]["skip"], "skip")
                 if skip:
                     self._error("'skip' is listed twice", op.span)
                 skip = True
+                project = self._word(params, "project", SKIP_PROJECTIONS, "") == "conv" or project
             elif op.name == "mbconv":
-                mbconvs += 1
-                if mbconvs > 1:
-                    self._error("only one 'mbconv' per layer: list its candidates as k=<...> e=<...>", op.span)
+                alt = self._mbconv(op)
+                if alt is None:
                     continue
-                params = self._params(op, _OP_PARAMS["layer"]["mbconv"], "mbconv")
-                kernel = self._choice(params, "k", "kernel size", op.span)
-                expansion = self._choice(params, "e", "expansion", op.span)
-                if kernel is None or expansion is None:
-                    kernel = expansion = None
-                    skip = skip or False
+                if any(_same_kind(alt, a) for a in alts):
+                    self._error("only one 'mbconv' per layer with the same g= and expand=: list its candidates "
+                                "as k=<...> e=<...>", op.span)
+                    continue
+                overlap = [o for a in alts for o in a.options() if o in alt.options()]
+                if overlap:
+                    self._error(f"this 'mbconv' repeats option {overlap[0]} of an earlier one on the line", op.span)
+                    continue
+                alts.append(alt)
             else:
                 self._error(f"unknown op '{op.name}' in a stage (known: mbconv, skip)", op.span)
-        if kernel is None and not skip:
+        if not alts and not skip:
             return []
-        layer = Layer(kernel=kernel, expansion=expansion, skip=skip, span=first.span)
+        head = {}
+        if alts:
+            a = alts[0]
+            head = {"kernel": a.kernel, "expansion": a.expansion, "groups": a.groups, "expand_always": a.expand_always}
+        layer = Layer(**head, more=tuple(alts[1:]), skip=skip, skip_project=project, span=first.span)
         return [layer] * max(count, 1)
 
     @v_args(inline=False, meta=True)

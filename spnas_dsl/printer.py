@@ -8,7 +8,7 @@ statement that followed them (or at the end of its line), so formatting never lo
 
 from __future__ import annotations
 
-from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Choice, Comment, Layer, Network
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Choice, Comment, Layer, MBConvAlt, Network
 
 INDENT = "    "
 
@@ -19,13 +19,19 @@ def format_choice(name: str, choice: Choice) -> str:
     return f"{name}=<{','.join(str(v) for v in choice.values)}>"
 
 
+def format_alt(alt: MBConvAlt) -> str:
+    """One ``mbconv`` alternative, e.g. ``mbconv k=<3,5> e=1 g=2 expand=always``."""
+    text = f"mbconv {format_choice('k', alt.kernel)} {format_choice('e', alt.expansion)}"
+    if alt.groups is not None:
+        text += f" {format_choice('g', alt.groups)}"
+    return text + (" expand=always" if alt.expand_always else "")
+
+
 def format_layer(layer: Layer) -> str:
     """One layer line without the repeat count, e.g. ``mbconv k=<3,5> e=<3,6> | skip``."""
-    parts = []
-    if layer.kernel is not None and layer.expansion is not None:
-        parts.append(f"mbconv {format_choice('k', layer.kernel)} {format_choice('e', layer.expansion)}")
+    parts = [format_alt(alt) for alt in layer.alternatives]
     if layer.skip:
-        parts.append("skip")
+        parts.append("skip project=conv" if layer.skip_project else "skip")
     return " | ".join(parts)
 
 

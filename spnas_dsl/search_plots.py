@@ -73,10 +73,12 @@ def plot_curves(search: dict, path: Path) -> None:
 
 
 def _option_key(text: str) -> tuple:
-    if text == "skip":
-        return (0, 0)
-    k, e = text[1:].split("e")
-    return (int(k), int(e))
+    from spnas_dsl.latency.graph import as_option
+
+    o = as_option(text)
+    if o.is_skip:
+        return (0, 0, 0, 0, o.project)
+    return (o.kernel, o.expansion, o.expand_always, o.groups, False)
 
 
 def plot_decisions(search: dict, path: Path) -> None:

@@ -56,6 +56,11 @@ class LayerShape:
         return self.stride == 1 and self.in_hwc[2] == self.out_hwc[2]
 
     @property
+    def changes_shape(self) -> bool:
+        """Whether the layer's output shape differs from its input (stride 2 or new channels)."""
+        return not self.residual
+
+    @property
     def name(self) -> str:
         return f"{self.stage}.{self.position}"
 
@@ -102,21 +107,33 @@ def infer_shapes(network: Network) -> NetworkShape:
     )
 
 
+def is_identity(shape: LayerShape, option: Option) -> bool:
+    """Whether ``option`` leaves the layer out: a skip that is not a projection where the shape changes."""
+    return option.is_skip and not (option.project and shape.changes_shape)
+
+
 def option_cost(shape: LayerShape, option: Option) -> tuple[int, int]:
-    """(parameters, multiply-adds) of one layer for one option (skip costs nothing)."""
-    if option.is_skip:
-        return 0, 0
+    """(parameters, multiply-adds) of one layer for one option.
+
+    An identity skip costs nothing; a projection skip (``skip project=conv`` where the shape
+    changes) is a 1x1 conv + BN. Grouped 1x1 convs have ``1/groups`` of the dense weights; the
+    channel shuffle has none.
+    """
     (h, w, cin), (oh, ow, cout) = shape.in_hwc, shape.out_hwc
-    k, e = option.kernel, option.expansion
+    if option.is_skip:
+        if option.project and shape.changes_shape:
+            return cin * cout + 2 * cout, oh * ow * cin * cout
+        return 0, 0
+    k, e, g = option.kernel, option.expansion, option.groups
     mid = cin * e
     params = macs = 0
-    if e != 1:  # 1x1 expand conv + BN
-        params += cin * mid + 2 * mid
-        macs += h * w * cin * mid
+    if option.has_expand_conv:  # 1x1 expand conv + BN
+        params += cin * mid // g + 2 * mid
+        macs += h * w * cin * mid // g
     params += k * k * mid + 2 * mid  # depthwise + BN
     macs += oh * ow * k * k * mid
-    params += mid * cout + 2 * cout  # 1x1 projection + BN
-    macs += oh * ow * mid * cout
+    params += mid * cout // g + 2 * cout  # 1x1 projection + BN
+    macs += oh * ow * mid * cout // g
     return params, macs
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from spnas_dsl.errors import Span, SpnasError, SpnasErrors, SpnasValidationError
 from spnas_dsl.ir import (
     EXPANSIONS,
+    GROUPS,
     KERNEL_SIZES,
     MAX_CHANNELS,
     MAX_CLASSES,
@@ -16,6 +17,7 @@ from spnas_dsl.ir import (
     MAX_STEM_KERNEL,
     MAX_WIDTH,
     STRIDES,
+    MBConvAlt,
     Network,
 )
 from spnas_dsl.shapes import round_channels, total_stride
@@ -85,19 +87,14 @@ def validate(network: Network, source: str | None = None) -> Network:
         if not stage.layers:
             error(f"stage '{stage.name}' is empty: give it at least one layer", stage.span)
         for i, layer in enumerate(stage.layers):
-            if layer.kernel is not None:
-                for k in layer.kernel.values:
-                    if k not in KERNEL_SIZES:
-                        error(f"kernel size {k} is not one of {_set(KERNEL_SIZES)}", layer.kernel.span)
-            if layer.expansion is not None:
-                for e in layer.expansion.values:
-                    if e not in EXPANSIONS:
-                        error(f"expansion {e} is not one of {_set(EXPANSIONS)}", layer.expansion.span)
+            for alt in layer.alternatives:
+                _check_alt(alt, in_channels if i == 0 else stage.channels, stage.channels, error)
             changes_shape = i == 0 and (stage.stride != 1 or stage.channels != in_channels)
-            if layer.skip and changes_shape:
+            if layer.skip and changes_shape and not layer.skip_project:
                 why = f"stride {stage.stride}" if stage.stride != 1 else f"{in_channels} -> {stage.channels} channels"
                 error(
-                    f"the first layer of stage '{stage.name}' changes the shape ({why}) and cannot be skipped",
+                    f"the first layer of stage '{stage.name}' changes the shape ({why}) and cannot be skipped "
+                    f"(an identity); write 'skip project=conv' for a 1x1 projection there",
                     layer.span,
                 )
         in_channels = stage.channels
@@ -117,6 +114,29 @@ def validate(network: Network, source: str | None = None) -> Network:
     if errors:
         raise SpnasErrors(errors)
     return network
+
+
+def _check_alt(alt: MBConvAlt, in_channels: int, out_channels: int, error) -> None:
+    """Kernel, expansion and groups of one ``mbconv`` alternative (channels as written)."""
+    for k in alt.kernel.values:
+        if k not in KERNEL_SIZES:
+            error(f"kernel size {k} is not one of {_set(KERNEL_SIZES)}", alt.kernel.span)
+    for e in alt.expansion.values:
+        if e not in EXPANSIONS:
+            error(f"expansion {e} is not one of {_set(EXPANSIONS)}", alt.expansion.span)
+    if alt.groups is None:
+        return
+    for g in alt.groups.values:
+        if g not in GROUPS:
+            error(f"groups {g} is not one of {_set(GROUPS)}", alt.groups.span)
+            continue
+        if g > 1 and 1 in alt.expansion.values and not alt.expand_always:
+            error(f"groups {g} needs the 1x1 expansion conv, which e=1 leaves out (a depthwise-separable "
+                  f"block): write expand=always", alt.groups.span)
+        # Grouped 1x1 convs split input and output channels into g equal parts.
+        bad = [c for c in (in_channels, out_channels) if c % g]
+        if bad:
+            error(f"groups {g} must divide the layer's channels ({in_channels} -> {out_channels})", alt.groups.span)
 
 
 def _set(values) -> str:

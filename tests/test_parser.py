@@ -195,7 +195,7 @@ def test_empty_and_comment_only_text(text):
     "old, new, line, col, message",
     [
         ("mbconv k=3 e=1", "mbcnv k=3 e=1", 8, 9, "unknown op 'mbcnv' in a stage (known: mbconv, skip)"),
-        ("mbconv k=3 e=1", "mbconv k=3 e=1 q=2", 8, 24, "unknown parameter 'q' for mbconv (known: e, k)"),
+        ("mbconv k=3 e=1", "mbconv k=3 e=1 q=2", 8, 24, "unknown parameter 'q' for mbconv (known: e, expand, g, k)"),
         ("mbconv k=3 e=1", "mbconv k=3 k=5 e=1", 8, 20, "duplicate parameter 'k'"),
         ("mbconv k=3 e=1", "mbconv k=3", 8, 9, "missing parameter 'e=' (expansion)"),
         ("mbconv k=3 e=1", "mbconv k=<> e=1", 8, 16, "empty candidate set for 'k'"),
@@ -204,7 +204,7 @@ def test_empty_and_comment_only_text(text):
         ("mbconv k=3 e=1", "mbconv k=big e=1", 8, 16, "must be a number or a candidate set"),
         ("mbconv k=3 e=1", "mbconv k=3 e=1 | mbconv k=5 e=1", 8, 26, "only one 'mbconv' per layer"),
         ("        skip\n", "        skip | skip\n", 13, 16, "'skip' is listed twice"),
-        ("        skip\n", "        skip x=1\n", 13, 14, "unknown parameter 'x' for skip (known: none)"),
+        ("        skip\n", "        skip x=1\n", 13, 14, "unknown parameter 'x' for skip (known: project)"),
         ("2x mbconv", "0x mbconv", 12, 9, "a repeat count must be at least 1"),
         ("stem conv k=3", "stem conv3 k=3", 6, 10, "unknown op 'conv3' for the stem (known: conv)"),
         ("stem conv k=3", "stem conv k=<3,5>", 6, 15, "takes one value here, not a candidate set"),

@@ -172,7 +172,8 @@ def test_validate_without_spans_still_reports_every_error():
     messages = sorted(e.message for e in info.value.errors)
     assert messages == [
         "kernel size 4 is not one of {3,5,7}",
-        "the first layer of stage 'a' changes the shape (stride 2) and cannot be skipped",
+        ("the first layer of stage 'a' changes the shape (stride 2) and cannot be skipped (an identity); "
+        "write 'skip project=conv' for a 1x1 projection there"),
         "width multiplier must be > 0, got -1",
     ]
     assert all(line.startswith("error: ") for line in info.value.render().splitlines())

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from spnas_dsl.compiler.blocks import BN_EPS, BN_MOMENTUM
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.shapes import infer_shapes, is_identity
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -72,6 +73,33 @@ class _Recorder:
         self.records.append((layer, self.prefix + torch_name, "conv"))
         return layer(x)
 
+    def grouped_pointwise(self, x, torch_name: str, filters: int, groups: int):
+        """A grouped 1x1 conv as ``groups`` slices, one dense 1x1 conv each, concatenated.
+
+        Why not ``Conv2D(groups=g)``: TFLite's reference CONV_2D kernel does not run grouped
+        convolutions everywhere; slices + concat are plain ops on every runtime.
+        """
+        if groups == 1:
+            return self.conv(x, torch_name, filters, 1)
+        cin = x.shape[-1]
+        step_in, step_out = cin // groups, filters // groups
+        outs = []
+        for j in range(groups):
+            part = _channel_slice(j * step_in, (j + 1) * step_in, name=self._name(torch_name) + f"_in{j}")(x)
+            layer = self.keras.layers.Conv2D(step_out, 1, padding="valid", use_bias=False,
+                                             name=self._name(torch_name) + f"_g{j}")
+            self.records.append((layer, self.prefix + torch_name, f"conv_group:{j}:{groups}"))
+            outs.append(layer(part))
+        return self.keras.layers.Concatenate(axis=-1, name=self._name(torch_name))(outs)
+
+    def shuffle(self, x, torch_name: str, groups: int):
+        """Channel shuffle in NHWC: (H, W, g, C/g) -> (H, W, C/g, g) -> (H, W, C)."""
+        h, w, c = x.shape[1:]
+        layers = self.keras.layers
+        x = layers.Reshape((h, w, groups, c // groups), name=self._name(torch_name) + "_split")(x)
+        x = layers.Permute((1, 2, 4, 3), name=self._name(torch_name) + "_swap")(x)
+        return layers.Reshape((h, w, c), name=self._name(torch_name))(x)
+
     def depthwise(self, x, torch_name: str, kernel: int, stride: int):
         x, padding = self._pad(x, kernel, stride, torch_name)
         layer = self.keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
@@ -104,16 +132,25 @@ def _stem(r: _Recorder, x, kernel: int, channels: int, stride: int):
     return r.relu(r.bn(x, "bn1"), "act1")
 
 
-def _mbconv(r: _Recorder, x, in_chs: int, out_chs: int, kernel: int, expansion: int, stride: int):
+def _block(r: _Recorder, x, in_chs: int, out_chs: int, option: Option, stride: int):
+    """One option's block (see ``compiler.blocks.block_for``); ``x`` unchanged for an identity skip."""
     inp = x
-    if expansion == 1:  # DepthwiseSeparableConv
+    if option.is_skip:
+        if option.project and (stride != 1 or in_chs != out_chs):  # ProjectionSkip (ConvBnAct)
+            x = r.conv(x, "conv", out_chs, 1, stride)
+            return r.relu(r.bn(x, "bn"), "act")
+        return x
+    kernel, g = option.kernel, option.groups
+    if not option.has_expand_conv:  # DepthwiseSeparableConv
         x = r.relu(r.bn(r.depthwise(x, "conv_dw", kernel, stride), "bn1"), "act1")
         x = r.bn(r.conv(x, "conv_pw", out_chs, 1), "bn2")
-    else:  # InvertedResidual
-        mid = in_chs * expansion
-        x = r.relu(r.bn(r.conv(x, "conv_pw", mid, 1), "bn1"), "act1")
+    else:  # InvertedResidual (grouped 1x1 convs and a shuffle when g > 1)
+        mid = in_chs * option.expansion
+        x = r.relu(r.bn(r.grouped_pointwise(x, "conv_pw", mid, g), "bn1"), "act1")
+        if g > 1:
+            x = r.shuffle(x, "shuffle", g)
         x = r.relu(r.bn(r.depthwise(x, "conv_dw", kernel, stride), "bn2"), "act2")
-        x = r.bn(r.conv(x, "conv_pwl", out_chs, 1), "bn3")
+        x = r.bn(r.grouped_pointwise(x, "conv_pwl", out_chs, g), "bn3")
     if stride == 1 and in_chs == out_chs:
         x = r.keras.layers.Add(name=r._name("add"))([inp, x])
     return x
@@ -155,12 +192,12 @@ def build_keras_model(network: Network, state_dict: dict | None = None) -> keras
     block_index = [0] * len(network.stages)
     for shape in shapes.layers:
         option = shape.layer.options[0]
-        if option.is_skip:
-            continue
+        if is_identity(shape, option):
+            continue  # an identity skip: absent from the PyTorch blocks too
         si = stage_index[shape.stage]
         child = r.child(f"blocks.{si}.{block_index[si]}.")
         block_index[si] += 1
-        x = _mbconv(child, x, shape.in_hwc[2], shape.out_hwc[2], option.kernel, option.expansion, shape.stride)
+        x = _block(child, x, shape.in_hwc[2], shape.out_hwc[2], option, shape.stride)
     x = _head(r, x, shapes.head_channels, shapes.classes, network.head.dropout)
     return _finish(keras, inputs, x, r.records, _keras_name(network.name), state_dict)
 
@@ -179,13 +216,13 @@ def build_keras_mbconv(in_hwc: tuple[int, int, int], out_channels: int, option: 
     """One MBConv option at input shape ``in_hwc`` (H, W, C). ``state_dict`` has the block's own
     keys (``conv_pw.weight, bn1.weight, ...``, as in ``blocks.mbconv(...).state_dict()``).
     A skip option has no model: it costs nothing."""
-    if option.is_skip:
+    if option.is_skip and not (option.project and (stride != 1 or in_hwc[2] != out_channels)):
         raise BuildError("a skip layer has no model to build (it is the identity)")
     keras = import_keras()
     r = _Recorder(keras)
     inputs = _input(keras, in_hwc)
-    x = _mbconv(r, inputs, in_hwc[2], out_channels, option.kernel, option.expansion, stride)
-    name = f"mbconv_k{option.kernel}e{option.expansion}_s{stride}"
+    x = _block(r, inputs, in_hwc[2], out_channels, option, stride)
+    name = f"mbconv_{option}_s{stride}"
     return _finish(keras, inputs, x, r.records, name, state_dict)
 
 
@@ -238,6 +275,11 @@ def _convert(kind: str, name: str, sd: dict) -> list:
 
     if kind == "conv":
         return [get(f"{name}.weight").transpose(2, 3, 1, 0)]            # OIHW -> HWIO
+    if kind.startswith("conv_group:"):  # output rows of group j of a grouped 1x1 conv
+        j, groups = (int(v) for v in kind.split(":")[1:])
+        w = get(f"{name}.weight")
+        step = w.shape[0] // groups
+        return [w[j * step:(j + 1) * step].transpose(2, 3, 1, 0)]
     if kind == "depthwise":
         return [get(f"{name}.weight").transpose(2, 3, 0, 1)]            # (C,1,k,k) -> (k,k,C,1)
     if kind == "bn":
@@ -256,6 +298,30 @@ def copy_torch_weights(records: list[tuple[Any, str, str]], state_dict: dict) ->
             raise BuildError(f"cannot copy weights to Keras layer '{layer.name}' from '{name}': shapes "
                              f"{[tuple(v.shape) for v in values]} vs {expected}")
         layer.set_weights(values)
+
+
+@lru_cache(maxsize=1)
+def _channel_slice_class():
+    """A Keras layer that keeps channels ``[start, stop)`` of an NHWC tensor (defined lazily: no
+    Keras import at module import)."""
+    keras = import_keras()
+
+    class ChannelSlice(keras.layers.Layer):
+        def __init__(self, start: int, stop: int, **kwargs):
+            super().__init__(**kwargs)
+            self.start, self.stop = start, stop
+
+        def call(self, x):
+            return x[..., self.start:self.stop]
+
+        def get_config(self):
+            return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+    return ChannelSlice
+
+
+def _channel_slice(start: int, stop: int, name: str):
+    return _channel_slice_class()(start, stop, name=name)
 
 
 def _keras_name(name: str) -> str:

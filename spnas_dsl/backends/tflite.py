@@ -30,7 +30,7 @@ import numpy as np
 from spnas_dsl.backends import quiet_output
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.shapes import LayerShape, infer_shapes
+from spnas_dsl.shapes import LayerShape, infer_shapes, is_identity
 
 
 def _tf():
@@ -151,8 +151,8 @@ def build_layer_tflite(shape: LayerShape, option: Option, *, state_dict: dict | 
     """One MBConv ``option`` at the place of ``shape`` (input HxWxC, output channels, stride)."""
     from spnas_dsl.backends.keras import build_keras_mbconv
 
-    if option.is_skip:
-        raise BuildError(f"layer {shape.index} ({shape.name}): a skip has no model (it costs nothing)")
+    if is_identity(shape, option):
+        raise BuildError(f"layer {shape.index} ({shape.name}): an identity skip has no model (it costs nothing)")
     model = build_keras_mbconv(shape.in_hwc, shape.out_hwc[2], option, shape.stride, state_dict)
     return keras_to_tflite(model, int8=int8, representative=representative)
 

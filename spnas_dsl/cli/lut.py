@@ -60,6 +60,9 @@ def register(sub) -> None:
     b.add_argument("--recalibrate", action="store_true", help="fit the calibration again even if nothing is new")
     b.add_argument("--chunk", type=positive_int, default=16, help="signatures timed (and saved) together (default 16)")
     b.add_argument("--seed", type=seed, default=0, help="seed of the random calibration networks")
+    b.add_argument("--from-networks", type=positive_int, default=None, metavar="N",
+                   help="instead of timing each signature: time N random whole networks and fit the table to them "
+                   "(what a phone with only benchmark_model allows; see docs/targets.md)")
     b.set_defaults(run=run_build)
 
     v = lut.add_parser(
@@ -74,7 +77,29 @@ def register(sub) -> None:
     v.add_argument("--samples", type=positive_int, default=100, help="random networks (default 100)")
     v.add_argument("--seed", type=seed, default=1, help="seed of the random networks (default 1)")
     v.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured scatter plot (PNG)")
+    v.add_argument("--measurements", metavar="FILE",
+                   help="score the table on the whole networks of a measurement file instead of timing here "
+                   "(any target or table file; see docs/targets.md for the format)")
+    v.add_argument("--device", metavar="NAME", help="with --measurements: the device's latencies to use")
     v.set_defaults(run=run_validate)
+
+    f = lut.add_parser(
+        "fit",
+        help="fit a table to whole-network latencies of a measurement file",
+        description="Fit a target table (a cost per layer and option, a constant for the fixed parts) to the "
+        "whole-network latencies of DEVICE in a measurement file, by ridge-regularised least squares with costs "
+        ">= 0; report the cross-validated error; write the table with its provenance.",
+    )
+    f.add_argument("space", metavar="SPACE")
+    f.add_argument("--measurements", required=True, metavar="FILE", help="measurement file (JSON)")
+    f.add_argument("--device", required=True, metavar="NAME", help="which device's latencies to fit")
+    f.add_argument("--out", metavar="TABLE.json",
+                   help="where to write the table (default: the local table of target --name)")
+    f.add_argument("--name", metavar="TARGET", help="the table's target name (default: DEVICE-fit)")
+    f.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the fold split (default 0)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.set_defaults(run=run_fit)
 
     e = lut.add_parser(
         "export",
@@ -144,6 +169,8 @@ def run_build(args) -> int:
 
     space = load(args.space)
     measurer = _measurer(args, TimingConfig())
+    if args.from_networks is not None:
+        return _build_from_networks(args, space, measurer)
     report = build_lut(space, measurer, table=args.table,
                        calibrate=DEFAULT_CALIBRATE if args.calibrate is None else args.calibrate,
                        fit_mode=args.fit, fresh=args.fresh, recalibrate=args.recalibrate, chunk=args.chunk,
@@ -171,6 +198,8 @@ def run_validate(args) -> int:
     from spnas_dsl.profiling.timing import TimingConfig
     from spnas_dsl.profiling.validate import plot, validate_lut
 
+    if args.measurements or args.device:
+        return _validate_measurements(args)
     if args.samples < 1:
         raise UsageError("--samples must be at least 1")
     space = load(args.space)
@@ -194,8 +223,91 @@ def run_validate(args) -> int:
         print(f"  {label:<20} RMSE {e['rmse_ms']:.4g} ms  MAPE {e['mape_pct']:.2f} %  max {e['max_error_pct']:.2f} %  "
               f"mean signed {e['mean_error_pct']:+.2f} %{terms}")
     print(f"  details: {report['report_file']}")
+    print(f"  measurement file (for lut fit / lut validate --measurements): {report['measurements_file']}")
     if args.plot:
         print(f"  plot: {args.plot}")
+    return 0
+
+
+def _build_from_networks(args, space, measurer) -> int:
+    from spnas_dsl.profiling.from_networks import build_from_networks
+
+    report = build_from_networks(space, measurer, count=args.from_networks, seed=args.seed, table=args.table,
+                                 progress=progress_bars(), log=_log(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    cv = report["cv"]
+    print(f"table: {report['table']} (fitted to {report['networks']} whole networks, {report['seconds']:.0f} s)")
+    print(f"  measurements: {report['measurements']}")
+    print(f"  held-out: MAPE {cv['mape_pct']:.2f} %  RMSE {cv['rmse_ms']:.4g} ms  max {cv['max_error_pct']:.2f} %  "
+          f"Spearman {cv['spearman']:.4f}")
+    return 0
+
+
+def _validate_measurements(args) -> int:
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.parser import load
+    from spnas_dsl.targets import DEVICE_KEYS, load_target
+    from spnas_dsl.targets.measurements import load_measurements, resolve
+    from spnas_dsl.targets.score import plot_scatter, score
+
+    if not (args.measurements and args.device):
+        raise UsageError("--measurements and --device go together")
+    space = load(args.space)
+    target = load_target(args.table or args.target)
+    meas = load_measurements(args.measurements, args.device, DEVICE_KEYS)
+    report = score(space, target, meas, resolve(space, meas))
+    if args.plot:
+        plot_scatter(report, args.plot)
+        report["plot"] = args.plot
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k not in ("predicted_ms", "measured_ms")}, indent=2))
+        return 0
+    print(f"{report['space']} on {report['target']} vs {report['networks']} networks measured on {meas.device} "
+          f"({report['measured_ms_range'][0]:.4g} .. {report['measured_ms_range'][1]:.4g} ms)")
+    print(f"  MAPE {report['mape_pct']:.2f} %  RMSE {report['rmse_ms']:.4g} ms  max {report['max_error_pct']:.2f} %  "
+          f"within 5 % {report['within_5_pct']:.1f} %  within 10 % {report['within_10_pct']:.1f} %  "
+          f"Spearman {report['spearman']:.4f}")
+    if args.plot:
+        print(f"  plot: {args.plot}")
+    return 0
+
+
+def run_fit(args) -> int:
+    from pathlib import Path
+
+    from spnas_dsl.errors import UsageError
+    from spnas_dsl.parser import load
+    from spnas_dsl.profiling.lut import now
+    from spnas_dsl.targets import DEVICE_KEYS, local_table_path
+    from spnas_dsl.targets.fit import fit_table, to_table
+    from spnas_dsl.targets.measurements import load_measurements, resolve
+    from spnas_dsl.targets.table import write_table
+
+    if args.folds < 2:
+        raise UsageError("--folds must be at least 2")
+    space = load(args.space)
+    meas = load_measurements(args.measurements, args.device, DEVICE_KEYS)
+    result = fit_table(space, resolve(space, meas), meas.latency_ms, folds=args.folds, seed=args.seed)
+    name = args.name or f"{args.device}-fit"
+    table = to_table(result, meas, space, name=name, runtime="as measured (see provenance)",
+                     description=f"fitted to {meas.count} whole networks of '{space.name}' on {meas.device}",
+                     date=now())
+    out = Path(args.out) if args.out else local_table_path(name)
+    write_table(out, table)
+    summary = {"table": str(out), "name": name, "device": meas.device, "networks": meas.count,
+               "regularisation": result.regularisation, "cv_folds": result.folds, "cv": result.cv, "fit": result.fit}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    cv, fit = result.cv, result.fit
+    print(f"table: {out} (target '{name}': --target {out})")
+    print(f"  {meas.count} networks of '{space.name}' on {meas.device}; {len(result.design.columns)} costs + a constant "
+          f"({result.constant_ms:.4g} ms); regularisation {result.regularisation:g}")
+    print(f"  held-out ({result.folds}-fold): MAPE {cv['mape_pct']:.2f} %  RMSE {cv['rmse_ms']:.4g} ms  "
+          f"max {cv['max_error_pct']:.2f} %  within 10 % {cv['within_10_pct']:.1f} %  Spearman {cv['spearman']:.4f}")
+    print(f"  in-sample:          MAPE {fit['mape_pct']:.2f} %  max |residual| {fit['max_abs_error_ms']:.4g} ms")
     return 0
 
 

@@ -37,6 +37,8 @@ def run(args) -> int:
                     "table": str(r.path) if r.path else None,
                     "signatures": r.signatures,
                     "status": r.where,
+                    "space": r.spec.space or None,
+                    "source": r.source or None,
                     "error": r.error,
                 }
                 for r in rows
@@ -50,5 +52,9 @@ def run(args) -> int:
         print(f"{'':<{width}}{r.spec.description}")
         count = f", {r.signatures} signatures" if r.signatures is not None else ""
         print(f"{'':<{width}}table: {r.where}{count}")
+        if r.spec.space:
+            print(f"{'':<{width}}for: {r.spec.space}")
+        if r.source:
+            print(f"{'':<{width}}source: {r.source}")
     print(f"\nlocal tables: {cache_dir()}")
     return 0

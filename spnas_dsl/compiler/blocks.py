@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spnas_dsl.ir import BN_EPS, BN_MOMENTUM
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Option
 
-__all__ = ["BN_EPS", "BN_MOMENTUM", "batch_norm", "mbconv", "set_batch_norm"]
+__all__ = ["BN_EPS", "BN_MOMENTUM", "batch_norm", "block_for", "mbconv", "set_batch_norm"]
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -59,27 +59,57 @@ class DepthwiseSeparableConv(nn.Module):
         return x + y if self.has_residual else y
 
 
-class InvertedResidual(nn.Module):
-    """MBConv-k-e: 1x1 expand + BN + ReLU, k x k depthwise + BN + ReLU, 1x1 project + BN."""
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: (N, g, C/g, H, W) -> transpose -> (N, C, H, W).
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int):
+    Written as reshape/transpose (not ``nn.ChannelShuffle``) so that every exporter sees
+    plain tensor ops.
+    """
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        x = x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2)
+        return x.reshape(n, c, h, w)
+
+
+class InvertedResidual(nn.Module):
+    """MBConv-k-e: 1x1 expand + BN + ReLU, k x k depthwise + BN + ReLU, 1x1 project + BN.
+
+    ``groups > 1``: both 1x1 convs are grouped and a :class:`ChannelShuffle` (module
+    ``shuffle``) follows the first ReLU (FBNet's ``kK_e1_g2``). Expansion 1 is allowed here: it
+    keeps the 1x1 expansion conv (``expand=always``), unlike :class:`DepthwiseSeparableConv`.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int, groups: int = 1):
         super().__init__()
         mid = in_chs * expansion
         self.has_residual = stride == 1 and in_chs == out_chs
-        self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.conv_pw = nn.Conv2d(in_chs, mid, 1, groups=groups, bias=False)
         self.bn1 = batch_norm(mid)
         self.act1 = nn.ReLU(inplace=True)
+        self.shuffle = ChannelShuffle(groups) if groups > 1 else nn.Identity()
         self.conv_dw = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
         self.bn2 = batch_norm(mid)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
+        self.conv_pwl = nn.Conv2d(mid, out_chs, 1, groups=groups, bias=False)
         self.bn3 = batch_norm(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act1(self.bn1(self.conv_pw(x)))
+        y = self.shuffle(self.act1(self.bn1(self.conv_pw(x))))
         y = self.act2(self.bn2(self.conv_dw(y)))
         y = self.bn3(self.conv_pwl(y))
         return x + y if self.has_residual else y
+
+
+class ProjectionSkip(ConvBnAct):
+    """``skip project=conv`` where the shape changes: 1x1 conv (stride s) + BN + ReLU (FBNet's skip)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__(in_chs, out_chs, 1, stride)
 
 
 def mbconv(in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int) -> nn.Module:
@@ -88,6 +118,21 @@ def mbconv(in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int) 
         return DepthwiseSeparableConv(in_chs, out_chs, kernel, stride)
     return InvertedResidual(in_chs, out_chs, kernel, stride, expansion)
 
+
+def block_for(option: Option, in_chs: int, out_chs: int, stride: int) -> nn.Module | None:
+    """The module of one option at a layer (the one place that maps an option kind to a block).
+
+    ``None`` for an identity skip (the layer is left out); a projection skip where the
+    shape changes; a depthwise-separable block for e=1 without ``expand=always``; else an
+    inverted residual (grouped when ``option.groups > 1``).
+    """
+    if option.is_skip:
+        if option.project and (stride != 1 or in_chs != out_chs):
+            return ProjectionSkip(in_chs, out_chs, stride)
+        return None
+    if not option.has_expand_conv:
+        return DepthwiseSeparableConv(in_chs, out_chs, option.kernel, stride)
+    return InvertedResidual(in_chs, out_chs, option.kernel, stride, option.expansion, option.groups)
 
 
 class SinglePathNet(nn.Module):

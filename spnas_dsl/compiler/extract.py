@@ -20,7 +20,7 @@ from spnas_dsl.compiler.supernet import SuperMBConv, Supernet, require_same_macr
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Network
 from spnas_dsl.printer import format_layer
-from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.shapes import infer_shapes, is_identity
 
 _STEM_AND_HEAD = ("conv_stem", "bn1", "conv_head", "bn2", "classifier")
 
@@ -64,7 +64,7 @@ def extract(supernet: Supernet, concrete_ir: Network) -> SinglePathNet:
     stage_index = {s.name: i for i, s in enumerate(concrete_ir.stages)}
     kept = [0] * len(concrete_ir.stages)  # concrete blocks so far per stage (skipped layers are absent)
     for shape in infer_shapes(concrete_ir).layers:
-        if shape.layer.options[0].is_skip:
+        if is_identity(shape, shape.layer.options[0]):
             continue
         s = stage_index[shape.stage]
         source = supernet.blocks[s][shape.position]

@@ -28,6 +28,7 @@ class LayerIndicators:
     # The superkernel's weight with the chosen kernel shells (Eq. 1-2), computed once per step
     # by the supernet when it decides, so the convolution does not rebuild it; None elsewhere.
     kernel_weight: torch.Tensor | None = None
+    expand_always: bool = False  # e=1 keeps its expansion conv (the option is k?e1x)
 
     @staticmethod
     def _levels(on: list[torch.Tensor]) -> list[torch.Tensor | float]:
@@ -51,7 +52,7 @@ class LayerIndicators:
         weights: dict[Option, torch.Tensor | float] = {}
         for k, pk in zip(self.kernels, self._levels(self.kernel_on)):
             for e, pe in zip(self.expansions, self._levels(self.expansion_on)):
-                weights[Option(kernel=k, expansion=e)] = active * pk * pe
+                weights[Option(kernel=k, expansion=e, expand_always=self.expand_always)] = active * pk * pe
         if self.active is not None:
             weights[SKIP] = 1 - self.active
         return weights

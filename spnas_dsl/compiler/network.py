@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spnas_dsl.compiler.blocks import SinglePathNet, mbconv, set_batch_norm
+from spnas_dsl.compiler.blocks import SinglePathNet, block_for, set_batch_norm
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Network
 from spnas_dsl.printer import format_layer
@@ -30,10 +30,9 @@ def lower_to_network(network: Network) -> SinglePathNet:
     stages: list[list] = [[] for _ in network.stages]
     stage_index = {s.name: i for i, s in enumerate(network.stages)}
     for shape in shapes.layers:
-        option = shape.layer.options[0]
-        if option.is_skip:
+        block = block_for(shape.layer.options[0], shape.in_hwc[2], shape.out_hwc[2], shape.stride)
+        if block is None:  # an identity skip: the layer is left out
             continue
-        block = mbconv(shape.in_hwc[2], shape.out_hwc[2], option.kernel, shape.stride, option.expansion)
         stages[stage_index[shape.stage]].append(block)
     net = SinglePathNet(
         stem=(shapes.input_hwc[2], shapes.stem_out[2], network.stem.kernel, network.stem.stride),

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, mbconv, set_batch_norm
+from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, block_for, set_batch_norm
 from spnas_dsl.compiler.indicators import LayerIndicators
+from spnas_dsl.compiler.nesting import check_nestable
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Layer, Network, Option
 from spnas_dsl.shapes import infer_shapes
@@ -201,12 +202,15 @@ class SuperMBConv(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, kernels: tuple[int, ...],
-                 expansions: tuple[int, ...], skip: bool, index: int = -1, name: str = ""):
+                 expansions: tuple[int, ...], skip: bool, index: int = -1, name: str = "",
+                 expand_always: bool = False):
         super().__init__()
         self.index = index
         self.name = name
         self.has_residual = stride == 1 and in_chs == out_chs
-        self.has_expand = expansions[0] > 1
+        # expand=always: e=1 is the first channel group of the expansion conv, so <1,3,6> nests
+        self.has_expand = expansions[0] > 1 or expand_always
+        self.expand_always = expand_always
         mid = in_chs * max(expansions)
         if self.has_expand:
             self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
@@ -226,7 +230,9 @@ class SuperMBConv(nn.Module):
 
     def indicators(self, dropout: bool | None = None) -> LayerIndicators:
         """This layer's decisions from the current weights and thresholds (see ``SuperKernel.decide``)."""
-        return self.conv_dw.decide(dropout)[0]
+        ind = self.conv_dw.decide(dropout)[0]
+        ind.expand_always = self.expand_always
+        return ind
 
     @torch.no_grad()
     def select(self, option: Option) -> None:
@@ -268,32 +274,6 @@ class SuperMBConv(nn.Module):
         # skip: the whole branch off (only the residual is left), folded into the last BN's affine
         y = last_bn(y) if ind.active is None else scaled_batch_norm(last_bn, y, ind.active)
         return x + y if self.has_residual else y
-
-
-def check_nestable(layer: Layer) -> None:
-    """Raise :class:`LoweringError` unless the layer's expansions nest as channel groups.
-
-    Kernel sets of odd sizes always nest as shells. Expansions nest when every one is a
-    multiple of the smallest and the smallest is > 1 (e=1 has no expand conv, so it cannot
-    share a superkernel with larger expansions); a lone e=1 is fine.
-    """
-    choice = layer.expansion
-    if choice is None or choice.is_singleton:
-        return
-    values = choice.values
-    text = "<" + ",".join(str(e) for e in values) + ">"
-    if choice.min == 1:
-        raise LoweringError(
-            f"expansions {text} cannot be nested as equal channel groups: expansion 1 has no expand conv, "
-            f"so it cannot share a superkernel with larger expansions",
-            choice.span,
-        )
-    if any(e % choice.min for e in values):
-        raise LoweringError(
-            f"expansions {text} cannot be nested as equal channel groups: every expansion must be a "
-            f"multiple of the smallest ({choice.min}), e.g. <{choice.min},{2 * choice.min}>",
-            choice.span,
-        )
 
 
 def require_same_macro(space: Network, network: Network) -> None:
@@ -463,14 +443,14 @@ def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: Latency
         layer = shape.layer
         in_chs, out_chs = shape.in_hwc[2], shape.out_hwc[2]
         if layer.is_searched:
-            check_nestable(layer)
+            check_nestable(layer, shape.changes_shape)
+            if layer.kernel is None:  # only reachable with alternatives check_nestable rejects
+                raise LoweringError("a searched layer needs an 'mbconv'", layer.span)
             block: nn.Module = SuperMBConv(in_chs, out_chs, shape.stride, layer.kernel.values,
-                                           layer.expansion.values, layer.skip, index=shape.index, name=shape.name)
-        elif layer.is_skip_only:
-            block = nn.Identity()
+                                           layer.expansion.values, layer.skip, index=shape.index, name=shape.name,
+                                           expand_always=layer.expand_always)
         else:
-            option = layer.options[0]
-            block = mbconv(in_chs, out_chs, option.kernel, shape.stride, option.expansion)
+            block = block_for(layer.options[0], in_chs, out_chs, shape.stride) or nn.Identity()
         stages[stage_index[shape.stage]].append(block)
     if latency_graph is None and target is not None:
         from spnas_dsl.latency.graph import LatencyGraph

@@ -14,6 +14,7 @@ per-layer figures (:meth:`LatencyGraph.option_latency`, :meth:`LatencyGraph.brea
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,9 @@ class FixedGroupUse:
     members: tuple[NodeKey, ...]
 
 
+_OPTION_RE = re.compile(r"^k(\d+)e(\d+)(x?)(?:g(\d+))?$")
+
+
 def as_option(option: Option | str) -> Option:
     """An :class:`Option` from an Option or its text (``"k3e6"``, ``"skip"``)."""
     if isinstance(option, Option):
@@ -73,11 +77,13 @@ def as_option(option: Option | str) -> Option:
     text = option.strip().lower()
     if text == "skip":
         return SKIP
-    if text.startswith("k") and "e" in text:
-        k, e = text[1:].split("e", 1)
-        if k.isdigit() and e.isdigit():
-            return Option(kernel=int(k), expansion=int(e))
-    raise UsageError(f"'{option}' is not an option (expected kKeE, e.g. k3e6, or skip)")
+    if text == "skip_proj":
+        return Option(project=True)
+    m = _OPTION_RE.match(text)
+    if m:
+        k, e, x, g = m.groups()
+        return Option(kernel=int(k), expansion=int(e), expand_always=bool(x), groups=int(g or 1))
+    raise UsageError(f"'{option}' is not an option (expected kKeE[x][gG], e.g. k3e6 or k3e1xg2, skip or skip_proj)")
 
 
 def _hwc(t: tuple[int, int, int]) -> str:
@@ -367,8 +373,10 @@ class LatencyGraph:
                 options = [o for o in node["candidates"] if not o.is_skip]
                 kernels = sorted({o.kernel for o in options})
                 expansions = sorted({o.expansion for o in options})
-                grid = torch.tensor([[self.option_latency(key, Option(kernel=k, expansion=e)) for e in expansions]
-                                     for k in kernels], dtype=dtype, device=device)
+                # the layer's own options (e.g. k3e1x where e=1 keeps its expansion conv)
+                by_ke = {(o.kernel, o.expansion): o for o in options}
+                grid = torch.tensor([[self.option_latency(key, by_ke.get((k, e), Option(kernel=k, expansion=e)))
+                                      for e in expansions] for k in kernels], dtype=dtype, device=device)
                 skip_ms = self.option_latency(key, Option()) if any(o.is_skip for o in node["candidates"]) else 0.0
                 tables.append((key, grid, skip_ms))
             self._layer_tables[cache_key] = tables

@@ -3,11 +3,13 @@
 A signature says everything that decides a layer's runtime on a device and nothing else:
 
 - MBConv option:  ``mbconv:i56x56x24:o24:s1:k3e6``  (input HxWxC, output channels, stride,
-  kernel and expansion); fixed MBConv layers use the same form.
+  and the option's text: ``k3e6``, ``k3e1x`` for e=1 with its expansion conv, ``k3e1xg2``
+  grouped); fixed MBConv layers use the same form.
+- projection skip: ``proj:i32x32x16:o24:s1`` (``skip project=conv`` where the shape changes)
 - stem:           ``conv:i224x224x3:o32:s2:k3``
 - head:           ``head:i7x7x320:o1280:c1000``  (input, 1x1 conv channels, classes)
 
-A skip costs 0 and has no signature (``None``). Shapes are those of
+An identity skip costs 0 and has no signature (``None``). Shapes are those of
 :func:`spnas_dsl.shapes.infer_shapes`, i.e. after the width multiplier.
 """
 
@@ -20,7 +22,7 @@ from spnas_dsl.shapes import LayerShape, NetworkShape
 
 # Any ``op:field:field...`` string: tables may hold ops this version does not build.
 SIGNATURE_RE = re.compile(r"^[a-z][a-z0-9_]*(:[A-Za-z0-9._-]+)+$")
-_MBCONV_RE = re.compile(r"^mbconv:i(\d+)x(\d+)x(\d+):o(\d+):s(\d+):k(\d+)e(\d+)$")
+_MBCONV_RE = re.compile(r"^mbconv:i(\d+)x(\d+)x(\d+):o(\d+):s(\d+):k(\d+)e(\d+)(x?)(?:g(\d+))?$")
 
 
 def _hwc(hwc: tuple[int, int, int]) -> str:
@@ -28,10 +30,12 @@ def _hwc(hwc: tuple[int, int, int]) -> str:
 
 
 def mbconv_signature(in_hwc: tuple[int, int, int], out_channels: int, stride: int, option: Option) -> str | None:
-    """Signature of one MBConv option on an input of ``in_hwc``; ``None`` for a skip."""
+    """Signature of one option on an input of ``in_hwc``; ``None`` for an identity skip."""
     if option.is_skip:
+        if option.project and (stride != 1 or in_hwc[2] != out_channels):
+            return f"proj:i{_hwc(in_hwc)}:o{out_channels}:s{stride}"
         return None
-    return f"mbconv:i{_hwc(in_hwc)}:o{out_channels}:s{stride}:k{option.kernel}e{option.expansion}"
+    return f"mbconv:i{_hwc(in_hwc)}:o{out_channels}:s{stride}:{option}"
 
 
 def layer_signature(shape: LayerShape, option: Option) -> str | None:
@@ -60,5 +64,6 @@ def parse_mbconv_signature(text: str) -> tuple[tuple[int, int, int], int, int, O
     m = _MBCONV_RE.match(text)
     if not m:
         return None
-    h, w, c, o, s, k, e = (int(g) for g in m.groups())
-    return (h, w, c), o, s, Option(kernel=k, expansion=e)
+    h, w, c, o, s, k, e, x, g = m.groups()
+    option = Option(kernel=int(k), expansion=int(e), expand_always=bool(x), groups=int(g or 1))
+    return (int(h), int(w), int(c)), int(o), int(s), option

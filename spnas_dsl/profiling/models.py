@@ -198,7 +198,7 @@ def _part_input(space: Network, part: Part) -> tuple[int, int, int]:
 def _torch_part(space: Network, part: Part):
     from torch import nn
 
-    from spnas_dsl.compiler.blocks import ConvBnAct, batch_norm, mbconv
+    from spnas_dsl.compiler.blocks import ConvBnAct, batch_norm, block_for
 
     shapes = infer_shapes(space)
     if part.kind == "stem":
@@ -208,7 +208,7 @@ def _torch_part(space: Network, part: Part):
         return nn.Sequential(nn.Conv2d(c_in, c, 1, bias=False), batch_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                              nn.Flatten(1), nn.Linear(c, shapes.classes))
     s, o = part.shape, part.option
-    return mbconv(s.in_hwc[2], s.out_hwc[2], o.kernel, s.stride, o.expansion)
+    return block_for(o, s.in_hwc[2], s.out_hwc[2], s.stride)
 
 
 def _onnx_bytes(module, input_hwc: tuple[int, int, int]) -> bytes:
@@ -257,7 +257,7 @@ def concrete_parts(network: Network) -> list[Part]:
     parts = [Part(stem_signature(network, shapes), "stem", ())]
     for shape in shapes.layers:
         option = shape.layer.options[0]
-        if not option.is_skip:
+        if layer_signature(shape, option) is not None:  # identity skips have no part
             parts.append(Part(layer_signature(shape, option), "mbconv", (shape.index,), shape, option))
     return parts + [Part(head_signature(shapes), "head", ())]
 

@@ -112,9 +112,19 @@ def validate_lut(space: Network, measurer: L.Measurer, *, table: str | Path | No
     out = M.work_dir() / "validation" / f"{path.stem}-{space.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from spnas_dsl.io import atomic_write_text
+    from spnas_dsl.shapes import infer_shapes
+    from spnas_dsl.targets.measurements import measurement_json
 
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")
     report["report_file"] = str(out)
+    # The same networks as a measurement file (docs/targets.md): `lut fit` / `lut validate --measurements` read it.
+    options = [[s.layer.options[0] for s in infer_shapes(n).layers] for n in nets]
+    data = measurement_json(space, options, measurer.target, measured, measurer.device)
+    data.update({"runtime": measurer.runtime_text, "threads": measurer.threads, "date": date})
+    meas = M.work_dir() / "measurements" / f"validation-{path.stem}-{space.name}.json"
+    meas.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meas, json.dumps(data) + "\n")
+    report["measurements_file"] = str(meas)
     return report
 
 

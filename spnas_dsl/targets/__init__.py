@@ -27,6 +27,7 @@ from spnas_dsl.targets.table import Calibration, LatencyTable, Lookup, load_tabl
 
 __all__ = [
     "ANDROID_RE",
+    "DEVICE_KEYS",
     "KNOWN_TARGETS",
     "Calibration",
     "LatencyTable",
@@ -54,12 +55,46 @@ class TargetSpec:
     profilable: bool  # whether ``spnasc lut build`` can measure it from this machine
     kind: str = "builtin"  # builtin | host | android | local | file
     table: str | None = None
+    source: str = ""  # where the table's figures come from (papers, licences, how they were obtained)
+    space: str = ""   # the space file the table prices, when it is made for one
 
     @property
     def what(self) -> str:
         """One line: device, runtime, threads."""
         threads = f"{self.threads} thread" + ("s" if self.threads != 1 else "")
         return f"{self.device}, {self.runtime}, {threads}"
+
+
+_HELP = ("HELP (Lee et al., NeurIPS 2021; HayeonLee/HELP data/fbnet, MIT licence), "
+         "targets/measurements/fbnet_cifar100_latency.json")
+_HWNB = "HW-NAS-Bench (Li et al., ICLR 2021; GATECH-EIC/HW-NAS-Bench, MIT licence)"
+
+_SUMMED = f"{_HWNB} per-block figures, summed over each network in {_HELP}; fitted back by spnasc lut fit"
+_MEASURED = "whole networks measured on the {}, " + _HELP + "; fitted by spnasc lut fit (additive)"
+
+# name, device key of the measurement file, device, runtime, how the figures were obtained
+_DEVICES = (
+    ("pixel3", "pixel3", "Google Pixel 3", "TFLite", _SUMMED),
+    ("raspi4", "raspi4", "Raspberry Pi 4", "TFLite", _SUMMED),
+    ("fpga", "fpga", "FPGA (HW-NAS-Bench)", "HW-NAS-Bench FPGA flow", _SUMMED),
+    ("eyeriss", "eyeriss", "Eyeriss ASIC (HW-NAS-Bench)", "HW-NAS-Bench Eyeriss flow", _SUMMED),
+    ("pixel2", "pixel2", "Google Pixel 2", "as measured by HELP", _MEASURED.format("phone (whole ms)")),
+    ("galaxy-a50", "samsung_a50", "Samsung Galaxy A50", "as measured by HELP", _MEASURED.format("phone (whole ms)")),
+    ("galaxy-s7", "samsung_s7", "Samsung Galaxy S7", "as measured by HELP", _MEASURED.format("phone (whole ms)")),
+    ("essential-ph1", "essential_ph_1", "Essential PH-1", "as measured by HELP", _MEASURED.format("phone (whole ms)")),
+    ("xeon-gold-6226", "gold_6226", "Intel Xeon Gold 6226 CPU", "as measured by HELP (batch 1)",
+     _MEASURED.format("CPU")),
+)
+DEVICE_KEYS = {name: key for name, key, *_ in _DEVICES}  # target name -> device key of the measurement file
+
+
+def _device_specs() -> list[TargetSpec]:
+    return [
+        TargetSpec(name=name, description=f"{device}: a table for spaces/fbnet_cifar100.spnas (read-only)",
+                   device=device, runtime=runtime, threads=1, profilable=False, kind="builtin", table=f"{name}.json",
+                   source=source, space="spaces/fbnet_cifar100.spnas")
+        for name, _, device, runtime, source in _DEVICES
+    ]
 
 
 KNOWN_TARGETS: dict[str, TargetSpec] = {
@@ -72,7 +107,24 @@ KNOWN_TARGETS: dict[str, TargetSpec] = {
         profilable=False,
         kind="builtin",
         table="pixel1.json",
+        source="Stamoulis et al., Single-Path NAS (ECML-PKDD 2019), pixel1_runtime_model.json of "
+        "dstamoulis/single-path-nas; converted by tools/convert_pixel1.py",
+        space="spaces/mnasnet.spnas",
     ),
+    "pixel1-proxylessnas": TargetSpec(
+        name="pixel1-proxylessnas",
+        description="the ProxylessNAS authors' Pixel 1 table, keyed by operator shape (read-only)",
+        device="Google Pixel 1",
+        runtime="TFLite",
+        threads=1,
+        profilable=False,
+        kind="builtin",
+        table="pixel1-proxylessnas.json",
+        source="ProxylessNAS (Cai et al., ICLR 2019), mobile_trim.yaml of han-cai/files (count, mean, var per "
+        "operator); converted by tools/convert_proxylessnas.py",
+        space="spaces/mnasnet.spnas",
+    ),
+    **{spec.name: spec for spec in _device_specs()},
     "host-tflite": TargetSpec(
         name="host-tflite",
         description="this machine's CPU through the TFLite (LiteRT) interpreter",
@@ -229,6 +281,12 @@ class TargetStatus:
     path: Path | None  # None: no table yet (or a name pattern)
     signatures: int | None
     error: str | None = None  # the table exists but does not load
+    fitted: str | None = None  # for a fitted table: networks, device, held-out error, source hash
+
+    @property
+    def source(self) -> str:
+        """Where the figures come from (the spec's words; for a fitted table also the fit's summary)."""
+        return "; ".join(p for p in (self.spec.source, self.fitted) if p)
 
     @property
     def built(self) -> bool:
@@ -288,4 +346,13 @@ def _status(spec: TargetSpec, path: Path) -> TargetStatus:
         table = load_table(path)
     except TargetError as exc:
         return TargetStatus(spec, path, None, exc.message)
-    return TargetStatus(spec, path, len(table.signatures))
+    return TargetStatus(spec, path, len(table.signatures), fitted=_fit_summary(table))
+
+
+def _fit_summary(table: LatencyTable) -> str | None:
+    p = table.provenance
+    if p is None:
+        return None
+    return (f"fit: {p.networks} networks of {p.space} on '{p.device}' from {Path(p.source_file).name} "
+            f"(sha256 {p.source_sha256[:12]}), held-out MAPE {p.cv['mape_pct']:.2f} %, "
+            f"max |residual| {p.fit['max_abs_error_ms']:.3g} ms")

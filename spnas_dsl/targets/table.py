@@ -54,6 +54,8 @@ class Entry(_Strict):
     signature: str
     latency_ms: float
     position: int | None = Field(default=None, ge=0, le=MAX_POSITION)
+    count: int | None = Field(default=None, ge=1)  # runs the figure is the mean of, when the source says
+    var: float | None = Field(default=None, ge=0)  # their variance (ms^2), when the source says
 
     @field_validator("signature")
     @classmethod
@@ -128,6 +130,25 @@ class Calibration(_Strict):
         return raw_ms * self.scale + self.offset_ms
 
 
+class Provenance(_Strict):
+    """Where a fitted table's figures come from (``spnasc lut fit``): enough to redo the fit."""
+
+    method: str
+    source_file: str
+    source_sha256: str
+    device: str
+    device_description: str = ""
+    space: str
+    networks: int = Field(ge=1)
+    units: str = "ms"
+    regularisation: float = Field(ge=0)
+    cv_folds: int = Field(ge=2)
+    cv: dict[str, float]   # held-out metrics (each network predicted by the fit without its fold)
+    fit: dict[str, float]  # in-sample metrics of the stored table
+    residuals_ms: list[float]  # measured - predicted, per network, in file order
+    references: list[str] = Field(default_factory=list)
+
+
 class Lookup(BaseModel):
     """The result of one lookup: the figure and how it was found."""
 
@@ -152,6 +173,7 @@ class LatencyTable(_Strict):
     entries: list[Entry]
     fixed_groups: list[FixedGroup] = Field(default_factory=list)
     calibration: Calibration = Field(default_factory=Calibration)
+    provenance: Provenance | None = None
 
     _by_position: dict[tuple[str, int | None], list[float]] = PrivateAttr(default_factory=dict)
     _by_signature: dict[str, list[float]] = PrivateAttr(default_factory=dict)
@@ -258,6 +280,7 @@ def dump_table(table: LatencyTable) -> str:
     entries = data.pop("entries")
     groups = data.pop("fixed_groups")
     calibration = data.pop("calibration")
+    provenance = data.pop("provenance")
     lines = ["{"]
     for key, value in data.items():
         lines.append(f"  {json.dumps(key)}: {json.dumps(value)},")
@@ -267,7 +290,14 @@ def dump_table(table: LatencyTable) -> str:
         lines[-1] = lines[-1].rstrip(",")
     lines.append("  ],")
     lines.append(f'  "fixed_groups": {json.dumps(groups, indent=2)},'.replace("\n", "\n  "))
-    lines.append(f'  "calibration": {json.dumps(calibration)}')
+    if provenance is None:
+        lines.append(f'  "calibration": {json.dumps(calibration)}')
+    else:
+        lines.append(f'  "calibration": {json.dumps(calibration)},')
+        lines.append('  "provenance": {')
+        items = [f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in provenance.items()]
+        lines.append(",\n".join(items))
+        lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
