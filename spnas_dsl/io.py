@@ -52,3 +52,16 @@ def out_path_problem(out: str | Path) -> str | None:
     if blocker == out:
         return f"{out} is a file, not a folder"
     return f"{out}: {blocker} is a file, not a folder"
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, atomically (folders made), and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())

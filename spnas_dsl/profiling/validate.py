@@ -159,12 +159,6 @@ def plot(report: dict, path: str | Path) -> None:
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.005, f"{report['device']}; {report['runtime']}; {report['threads']} thread(s)", fontsize=5.5)
     fig.tight_layout()
-    import io
+    from spnas_dsl.io import save_figure
 
-    from spnas_dsl.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)

@@ -39,14 +39,12 @@ def score(space: Network, target, meas: Measurements, networks: list[list[Option
 
 def plot_scatter(report: dict, path: str | Path) -> None:
     """Predicted vs measured, one point per network (the paper's Fig. 7), with the headline errors."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spnas_dsl.io import atomic_write_bytes
 
     measured, predicted = report["measured_ms"], report["predicted_ms"]
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
@@ -67,8 +65,6 @@ def plot_scatter(report: dict, path: str | Path) -> None:
     ax.legend(fontsize=6.5, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    from spnas_dsl.io import save_figure
+
+    save_figure(fig, path)
