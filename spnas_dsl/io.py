@@ -1,8 +1,11 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""File writing: atomic writes (a reader, or a crash, never sees a half-written file), canonical
+safetensors bytes, figures."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -65,3 +68,19 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def canonical_safetensors(content: bytes) -> bytes:
+    """``content`` with its JSON header rewritten with sorted keys.
+
+    safetensors writes the ``__metadata__`` of its header from a hash map, whose order changes
+    from process to process: with two metadata entries, the same weights gave two different
+    files (and sha256s in build.json) about every other run. The tensor data is unchanged
+    (offsets are relative to the end of the header); the header is space-padded to 8 bytes
+    as safetensors itself does, so the data stays aligned.
+    """
+    (size,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + content[8 + size:]

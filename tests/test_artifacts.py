@@ -120,3 +120,22 @@ def test_canonical_safetensors_keeps_the_tensors(tmp_path):
     loaded, meta = read_safetensors(tmp_path / "w.safetensors")
     assert meta == metadata and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
     assert all(torch.equal(load_file(str(tmp_path / "w.safetensors"))[k], tensors[k]) for k in tensors)
+
+
+def test_trained_weights_are_written_canonically(tmp_path):
+    """spnasc train's weights file (training.checkpoint.save_weights) has a sorted header: the same
+    weights and metadata give the same bytes in every process."""
+    import json
+    import struct
+
+    import torch
+
+    from spnas_dsl.training.checkpoint import save_weights
+
+    save_weights(tmp_path / "w.safetensors", {"b": torch.ones(3), "a": torch.zeros(2)},
+                 metadata={"zeta": "1", "arch": "x", "mid": "2"})
+    content = (tmp_path / "w.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", content[:8])
+    header = content[8:8 + size].decode().rstrip()
+    assert header == json.dumps(json.loads(header), sort_keys=True, separators=(",", ":"))
+    assert size % 8 == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spnas_dsl.errors import CheckpointError
-from spnas_dsl.io import atomic_write_bytes
+from spnas_dsl.io import atomic_write_bytes, canonical_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -122,22 +122,6 @@ def state_dict_bytes(model: torch.nn.Module, metadata: dict[str, str] | None = N
 
     tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
     return canonical_safetensors(save(tensors, metadata=metadata or {}))
-
-
-def canonical_safetensors(content: bytes) -> bytes:
-    """``content`` with its JSON header rewritten with sorted keys.
-
-    safetensors writes the ``__metadata__`` of its header from a hash map, whose order changes
-    from process to process: with two metadata entries, the same weights gave two different
-    files (and sha256s in build.json) about every other run. The tensor data is unchanged
-    (offsets are relative to the end of the header); the header is space-padded to 8 bytes
-    as safetensors itself does, so the data stays aligned.
-    """
-    (size,) = struct.unpack("<Q", content[:8])
-    header = json.loads(content[8:8 + size])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + content[8 + size:]
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:

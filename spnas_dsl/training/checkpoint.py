@@ -88,8 +88,10 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
     """Write a state dict as safetensors (atomic); ``metadata`` is a str -> str dict."""
     from safetensors.torch import save
 
+    from spnas_dsl.io import canonical_safetensors
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))  # byte-reproducible
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
