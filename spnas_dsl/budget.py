@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spnas_dsl.ir import Layer, Network, Option
+from spnas_dsl.shapes import infer_shapes
+
+Decisions = dict[int, Option]  # searched layer index -> its option
 
 DEFAULT_FLOOR = 0.98  # the written network is at least 98 % of the budget (when the space allows)
 
@@ -91,6 +94,19 @@ def margins_of(report: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
             for r in report}
 
 
+class Pricer:
+    """Exact predicted latency of a decision set, fast (per-option table figures cached)."""
+
+    def __init__(self, space: Network, graph):
+        self.graph = graph
+        self.options = {s.index: list(s.layer.options) for s in infer_shapes(space).layers if s.layer.is_searched}
+        self.ms = {i: {o: graph.option_latency(i, o) for o in opts} for i, opts in self.options.items()}
+        self.fixed = graph.fixed_ms
+
+    def __call__(self, decisions: Decisions) -> float:
+        return float(self.graph.calibrate(self.fixed + sum(self.ms[i][o] for i, o in decisions.items())))
+
+
 def fit_to_budget(space: Network, graph, decisions: dict[int, Option], report: list[dict[str, Any]],
                   budget: float, floor: float = DEFAULT_FLOOR, resolution: float = 2e-4) -> BudgetFit:
     """The most valued network of ``space`` with ``floor * budget <= predicted <= budget``.
@@ -101,8 +117,6 @@ def fit_to_budget(space: Network, graph, decisions: dict[int, Option], report: l
     (and ``in_band`` is False, ``note`` says why); when even the fastest network is over the
     budget, the fastest network.
     """
-    from spnas_dsl.shapes import infer_shapes
-
     layers = {s.index: s.layer for s in infer_shapes(space).layers if s.index in decisions}
     margins = margins_of(report)
     indices = sorted(layers)
@@ -122,6 +136,8 @@ def fit_to_budget(space: Network, graph, decisions: dict[int, Option], report: l
                        f"every network of the space is over the budget; the fastest is "
                        f"{float(graph.calibrate(fixed + rest[0])):.4g} ms")
 
+    # every partial sum is compared in raw table ms: the calibration is inverted once, not applied per state
+    raw_limit = graph.target.calibration.invert(budget) - fixed + 1e-9
     # state: bin of the raw sum -> (value, exact raw sum, options so far); ties keep the higher value
     states: dict[int, tuple[float, float, tuple[Option, ...]]] = {0: (0.0, 0.0, ())}
     for j, priced in enumerate(priced_layers):
@@ -129,7 +145,7 @@ def fit_to_budget(space: Network, graph, decisions: dict[int, Option], report: l
         for value, raw, chosen in states.values():
             for option, ms, v in priced:
                 total = raw + ms
-                if float(graph.calibrate(fixed + total + rest[j + 1])) > budget + 1e-9:
+                if total + rest[j + 1] > raw_limit:
                     continue
                 key = int(total // step)
                 cand = (value + v, total, chosen + (option,))
@@ -167,8 +183,6 @@ def _result(space, graph, layers, margins, decisions, chosen, budget, floor_ms, 
 
 def network_of(space: Network, decisions: dict[int, Option]) -> Network:
     """The concrete network of ``space`` with each searched layer set to its decision."""
-    from spnas_dsl.shapes import infer_shapes
-
     layers = [Layer.from_option(decisions[s.index], span=s.layer.span) if s.index in decisions else s.layer
               for s in infer_shapes(space).layers]
     return space.replace_layers(layers)
@@ -183,8 +197,6 @@ def latency_percentile(space: Network, graph, percent: float, samples: int = 20_
     import itertools
     import math
     import random
-
-    from spnas_dsl.selection import Pricer
 
     pricer = Pricer(space, graph)
     layers = sorted(pricer.options)

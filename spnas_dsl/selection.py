@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spnas_dsl.ir import Network, Option
-from spnas_dsl.shapes import infer_shapes
-
-Decisions = dict[int, Option]
+from spnas_dsl.budget import Decisions, Pricer
+from spnas_dsl.ir import Network
 
 
 @dataclass
@@ -65,19 +63,6 @@ class SelectionResult:
     def to_dict(self) -> dict:
         return {"best": self.best.to_dict(), "start": self.answer.to_dict(), "evaluations": len(self.scored),
                 "seconds": self.seconds, "scored": [s.to_dict() for s in self.scored]}
-
-
-class Pricer:
-    """Exact predicted latency of a decision set, fast (per-option table figures cached)."""
-
-    def __init__(self, space: Network, graph):
-        self.graph = graph
-        self.options = {s.index: list(s.layer.options) for s in infer_shapes(space).layers if s.layer.is_searched}
-        self.ms = {i: {o: graph.option_latency(i, o) for o in opts} for i, opts in self.options.items()}
-        self.fixed = graph.fixed_ms
-
-    def __call__(self, decisions: Decisions) -> float:
-        return float(self.graph.calibrate(self.fixed + sum(self.ms[i][o] for i, o in decisions.items())))
 
 
 class SupernetScorer:

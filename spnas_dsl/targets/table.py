@@ -129,6 +129,10 @@ class Calibration(_Strict):
             return raw_ms
         return raw_ms * self.scale + self.offset_ms
 
+    def invert(self, ms: float) -> float:
+        """The raw table sum whose calibrated latency is ``ms`` (scale is positive: order kept)."""
+        return ms if self.is_identity else (ms - self.offset_ms) / self.scale
+
 
 class Provenance(_Strict):
     """Where a fitted table's figures come from (``spnasc lut fit``): enough to redo the fit."""
