@@ -84,3 +84,35 @@ def canonical_safetensors(content: bytes) -> bytes:
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + content[8 + size:]
+
+
+def read_json_file(path: str | Path, what: str, error: type[Exception]) -> tuple[bytes, str, object]:
+    """``(bytes, text, data)`` of a JSON file; every problem is one ``error`` naming ``path`` (a
+    located one for a syntax error). ``what`` names the file in messages ("target table")."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not UTF-8 text") from None
+    return raw, text, decode_json(text, str(path), what, error)
+
+
+def decode_json(text: str, filename: str, what: str, error: type[Exception]) -> object:
+    """``json.loads(text)``; a syntax error is a located ``error``, and so are the inputs the decoder
+    refuses with a Python error (nesting past the recursion limit, integers of over 4300 digits)."""
+    from spnas_dsl.errors import Span
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"invalid JSON in {what}: {exc.msg}", Span(filename, exc.lineno, exc.colno), text) from None
+    except RecursionError:  # [[[[... nested deeper than the decoder's recursion limit
+        raise error(f"invalid {what} {filename}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (Python's int-conversion guard)
+        raise error(f"invalid {what} {filename}: {exc.args[0].split(':')[0]}") from None

@@ -96,8 +96,8 @@ def register(sub) -> None:
     f.add_argument("--out", metavar="TABLE.json",
                    help="where to write the table (default: the local table of target --name)")
     f.add_argument("--name", metavar="TARGET", help="the table's target name (default: DEVICE-fit)")
-    f.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the fold split (default 0)")
+    f.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default 5)")
+    f.add_argument("--seed", type=seed, default=0, help="seed of the fold split (default 0)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.set_defaults(run=run_fit)
 

@@ -19,17 +19,17 @@ Every problem is a :class:`MeasurementError` naming the file and the JSON path o
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from spnas_dsl.errors import MeasurementError, Span
+from spnas_dsl.errors import MeasurementError
+from spnas_dsl.io import read_json_file
 from spnas_dsl.ir import Network, Option
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets.table import MAX_MS
 
 _HWNB_OP = re.compile(r"^k(\d+)_e(\d+)(?:_g(\d+))?$")
 
@@ -58,20 +58,7 @@ def load_measurements(path: str | Path, device: str, aliases: dict[str, str] | N
     ``samsung_a50``); a name the file has is always taken as it is.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise MeasurementError(f"measurement file {path} does not exist") from None
-    except OSError as exc:
-        raise MeasurementError(f"cannot read measurement file {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-        data = json.loads(text)
-    except UnicodeDecodeError:
-        raise MeasurementError(f"measurement file {path} is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise MeasurementError(f"invalid JSON in measurement file: {exc.msg}", Span(str(path), exc.lineno, exc.colno),
-                               text) from None
+    raw, _, data = read_json_file(path, "measurement file", MeasurementError)
 
     def bad(message: str) -> MeasurementError:
         return MeasurementError(f"measurement file {path}: {message}")
@@ -98,8 +85,8 @@ def load_measurements(path: str | Path, device: str, aliases: dict[str, str] | N
         n = len(values) if isinstance(values, list) else type(values).__name__
         raise bad(f"latency_ms.{device} has {n} values for {len(archs)} networks")
     for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise bad(f"latency_ms.{device}[{i}] = {v!r}: latencies must be finite numbers of ms >= 0")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_MS:  # NaN fails too
+            raise bad(f"latency_ms.{device}[{i}] = {v!r:.40}: latencies must be finite numbers of ms in [0, {MAX_MS:g}]")
     descriptions = data.get("devices") if isinstance(data.get("devices"), dict) else {}
     return Measurements(
         path=path, sha256=hashlib.sha256(raw).hexdigest(), device=device,

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from spnas_dsl.errors import Span, TargetError
+from spnas_dsl.errors import TargetError
 from spnas_dsl.io import atomic_write_text
 from spnas_dsl.latency.signature import is_signature
 
@@ -244,14 +244,9 @@ def _format_validation_error(exc: ValidationError) -> str:
 
 def parse_table(text: str, filename: str = "<table>") -> LatencyTable:
     """Parse and validate table JSON text; any problem is a :class:`TargetError` naming ``filename``."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TargetError(f"invalid JSON in target table: {exc.msg}", Span(filename, exc.lineno, exc.colno), text) from None
-    except RecursionError:  # [[[[... nested deeper than the decoder's recursion limit
-        raise TargetError(f"invalid target table {filename}: JSON nested too deeply") from None
-    except ValueError as exc:  # an integer of more than 4300 digits (Python's int-conversion guard)
-        raise TargetError(f"invalid target table {filename}: {exc.args[0].split(':')[0]}") from None
+    from spnas_dsl.io import decode_json
+
+    data = decode_json(text, filename, "target table", TargetError)
     if not isinstance(data, dict):
         raise TargetError(f"invalid target table {filename}: expected a JSON object, got {type(data).__name__}")
     try:
@@ -264,17 +259,9 @@ def parse_table(text: str, filename: str = "<table>") -> LatencyTable:
 
 def load_table(path: str | Path) -> LatencyTable:
     """Read and validate a table file; a missing, unreadable or corrupt file is a :class:`TargetError`."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TargetError(f"target table {path} does not exist") from None
-    except OSError as exc:
-        raise TargetError(f"cannot read target table {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise TargetError(f"target table {path} is not UTF-8 text") from None
+    from spnas_dsl.io import read_json_file
+
+    _, text, _ = read_json_file(path, "target table", TargetError)
     return parse_table(text, str(path))
 
 
