@@ -109,6 +109,10 @@ class UsageError(SpnasError):
     exit_code = 2
 
 
+class OutputError(SpnasError):
+    """An output file cannot be written (its folder is a file, it is a folder, no permission, disk full)."""
+
+
 def _caret_excerpt(source: str | None, span: Span | None) -> str:
     if not source or not span or span.line < 1:
         return ""

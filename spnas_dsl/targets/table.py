@@ -299,6 +299,4 @@ def _drop_none(d: dict) -> dict:
 
 def write_table(path: str | Path, table: LatencyTable) -> None:
     """Write ``table`` to ``path`` atomically (creating the folder), in the canonical layout."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, dump_table(table))
