@@ -147,11 +147,8 @@ def progress_bars():
 def _measurer(args, default_config):
     from dataclasses import replace
 
-    from spnas_dsl.errors import UsageError
     from spnas_dsl.profiling.lut import make_measurer
 
-    if args.processes < 1 or args.rounds < 1 or args.runs < 1 or args.jobs < 1 or args.min_seconds < 0:
-        raise UsageError("--processes, --rounds, --runs and --jobs must be at least 1, --min-seconds at least 0")
     config = replace(default_config, processes=args.processes, rounds=args.rounds, runs=args.runs, jobs=args.jobs,
                      min_seconds=args.min_seconds, across=args.across,
                      statistic=args.statistic, realtime=args.realtime)
@@ -192,7 +189,6 @@ def run_build(args) -> int:
 
 
 def run_validate(args) -> int:
-    from spnas_dsl.errors import UsageError
     from spnas_dsl.parser import load
     from spnas_dsl.profiling.lut import DEFAULT_CALIBRATE
     from spnas_dsl.profiling.timing import TimingConfig
@@ -200,8 +196,6 @@ def run_validate(args) -> int:
 
     if args.measurements or args.device:
         return _validate_measurements(args)
-    if args.samples < 1:
-        raise UsageError("--samples must be at least 1")
     space = load(args.space)
     measurer = _measurer(args, TimingConfig())
     report = validate_lut(space, measurer, table=args.table, samples=args.samples, seed=args.seed,

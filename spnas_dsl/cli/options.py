@@ -34,52 +34,31 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (batch sizes, epochs, process and image counts)."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _checked(parse, ok, requirement: str, doc: str):
+    """An argparse type: ``parse(text)``, then ``ok(value)`` or "must be <requirement>" (one message form)."""
+
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+
+    check.__doc__ = doc
+    return check
 
 
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0 (counts where 0 means "none", e.g. --workers 0: load in the main process)."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def seed(text: str) -> int:
-    """A random seed: an integer in [0, 2**32 - 1] (what NumPy accepts; torch overflows past 2**64)."""
-    value = _int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {2**32 - 1}, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (learning rates, budgets in ms)."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0 (lambda, warm-up epochs, minutes)."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    """A number strictly between 0 and 1."""
-    value = _float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
-    return value
+positive_int = _checked(_int, lambda v: v >= 1, "an integer >= 1",
+                        "An integer >= 1 (batch sizes, epochs, process and image counts).")
+nonnegative_int = _checked(_int, lambda v: v >= 0, "an integer >= 0",
+                           'An integer >= 0 (counts where 0 means "none", e.g. --workers 0).')
+seed = _checked(_int, lambda v: 0 <= v < 2**32, f"an integer from 0 to {2**32 - 1}",
+                "A random seed in [0, 2**32 - 1] (what NumPy accepts; torch overflows past 2**64).")
+positive_float = _checked(_float, lambda v: v > 0, "a number > 0",
+                          "A finite number > 0 (learning rates, budgets in ms).")
+nonnegative_float = _checked(_float, lambda v: v >= 0, "a number >= 0",
+                             "A finite number >= 0 (lambda, warm-up epochs, minutes).")
+open_fraction = _checked(_float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)",
+                         "A number strictly between 0 and 1.")
 
 
 def out_folder(text: str) -> str:

@@ -42,8 +42,6 @@ def run(args) -> int:
     from spnas_dsl.profiling.runtimes import SUFFIXES
     from spnas_dsl.profiling.timing import TimingConfig
 
-    if args.runs < 1 or args.processes < 1 or args.warmup < 0:
-        raise UsageError("--runs and --processes must be at least 1, --warmup at least 0")
     rounds = 5 if args.runs >= 25 else 1
     per_visit = max(1, math.ceil(args.runs / (rounds * args.processes)))
     config = TimingConfig(warmup=args.warmup, runs=per_visit, visit_ms=0.0, rounds=rounds, min_seconds=0.0,
