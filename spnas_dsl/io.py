@@ -73,14 +73,14 @@ def out_path_problem(out: str | Path) -> str | None:
     return f"{out}: {blocker} is a file, not a folder"
 
 
-def save_figure(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path, dpi: float | None = None) -> None:
     """Write a matplotlib figure as PNG, atomically (folders made), and close it."""
     import io
 
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 

@@ -20,6 +20,8 @@ import math
 import sys
 from pathlib import Path
 
+from spnas_dsl.io import save_figure
+
 
 def _plt():
     import matplotlib
@@ -68,8 +70,7 @@ def plot_curves(search: dict, path: Path) -> None:
         ax2.set_title(f"space: {lo:.1f} .. {hi:.1f} ms", fontsize=9)
     fig.suptitle(f"Single-Path NAS search of {search['space']} on {search['target']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _option_key(text: str) -> tuple:
@@ -107,8 +108,7 @@ def plot_decisions(search: dict, path: Path) -> None:
         ax.axvline(max(warm), color="white", ls="--", lw=1)
     ax.set_title("decision of each searched layer over the search (dashed: end of warm-up)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_norms(search: dict, path: Path) -> None:
@@ -133,8 +133,7 @@ def plot_norms(search: dict, path: Path) -> None:
         ax.axis("off")
     fig.suptitle("weight-subset norms (solid) vs thresholds (dashed)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_superkernel(search: dict, path: Path) -> None:
@@ -156,8 +155,7 @@ def plot_superkernel(search: dict, path: Path) -> None:
         ax.axis("off")
     fig.suptitle("superkernel: L2 norm of each kernel position over all channels (end of search)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_groups(search: dict, path: Path) -> None:
@@ -194,8 +192,7 @@ def plot_groups(search: dict, path: Path) -> None:
     ax.set_title("superkernel: inner kernel vs outer shells, first vs further channel groups")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 PLOTS = {
@@ -213,10 +210,8 @@ def make_plots(search: dict, out_dir: str | Path) -> list[Path]:
     written = []
     for name, fn in PLOTS.items():
         path = out_dir / name
-        tmp = out_dir / f".{name}.tmp.png"
-        fn(search, tmp)
-        if tmp.exists():
-            tmp.replace(path)  # atomic: a reader never sees half a PNG
+        fn(search, path)  # save_figure writes atomically: a reader never sees half a PNG
+        if path.exists():
             written.append(path)
     return written
 

@@ -63,12 +63,11 @@ def check_out(out: str | Path, command: str, *, force: bool = False) -> None:
 
 
 def temporaries(out: Path, names: Iterable[str]) -> list[Path]:
-    """Leftover temporary files of ``names`` in ``out``: ``.NAME.*.tmp`` (atomic writes) and
-    ``.NAME.tmp.png`` (plots), from a process killed while saving."""
+    """Leftover temporary files of ``names`` in ``out`` (``.NAME.*.tmp``, from
+    :func:`spnas_dsl.io.atomic_write_bytes`), left by a process killed while saving."""
     found: set[Path] = set()
     for name in names:
         found.update(p for p in out.glob(f".{name}.*.tmp") if p.is_file())
-        found.update(p for p in out.glob(f".{name}.tmp.png") if p.is_file())
     return sorted(found)
 
 
