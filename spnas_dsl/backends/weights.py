@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spnas_dsl.backends.timm import TIMM_BN_EPS, TIMM_BN_MOMENTUM  # timm trains BN with these
 from spnas_dsl.errors import CheckpointError
 from spnas_dsl.io import atomic_write_bytes, canonical_safetensors
 
@@ -176,8 +177,6 @@ def initialise(model: torch.nn.Module, input_shape: tuple[int, ...], seed: int =
 
 # The architecture text spnas records in the weights it writes (`build`, `train`).
 _ARCH_KEYS = ("spnas_arch", "arch")
-# timm builds BatchNorm with PyTorch's defaults: its checkpoints were trained with this epsilon.
-TIMM_BN_EPS = 1e-5
 
 
 def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module, source: str) -> list[str]:
@@ -228,7 +227,8 @@ def check_bn_settings(network, metadata: dict[str, str], model: torch.nn.Module,
                 f"bn eps={eps:g} momentum={momentum:g}, timm's settings{evidence}")]
     return [(f"warning: {source} records no BatchNorm settings (not written by spnas; timm's checkpoints are "
             f"like this), so they are used with '{network.name}''s bn eps={eps:g} momentum={momentum:g}. timm "
-            f"trains with eps {TIMM_BN_EPS:g}: for timm's weights declare `bn eps=1e-05 momentum=0.1` "
+            f"trains with eps {TIMM_BN_EPS:g}: for timm's weights declare "
+            f"`bn eps={TIMM_BN_EPS:g} momentum={TIMM_BN_MOMENTUM:g}` "
             f"(examples/spnasnet_timm.spnas){evidence}")]
 
 
