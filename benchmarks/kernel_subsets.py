@@ -83,12 +83,14 @@ class KernelSampler:
                     p.fill_(_FAR_ON)
 
 
-def train(model, data, *, epochs: int, batch_size: int, seed: int, before_step=None, log=print, name=""):
-    """The shared recipe; returns seconds. ``before_step()`` runs before every step (the sampler)."""
+def train(model, data, *, epochs: int, batch_size: int, seed: int, optimizer: str = "rmsprop", before_step=None,
+          log=print, name=""):
+    """The shared recipe (``optimizer``: spnasc train's rmsprop or sgd); returns seconds.
+    ``before_step()`` runs before every step (the sampler)."""
     from spnas_dsl import training
     from spnas_dsl.data import Batches
 
-    recipe = training.Recipe(optimizer="rmsprop", batch_size=batch_size)
+    recipe = training.Recipe(optimizer=optimizer, batch_size=batch_size)
     optimizer = training.build_optimizer(model, recipe)
     steps_per_epoch = len(Batches(data.train, batch_size, drop_last=True))
     scheduler = training.build_scheduler(optimizer, recipe, steps_per_epoch, epochs)
@@ -125,31 +127,57 @@ def accuracy(net, data, seed: int, bn_images: int = 1024) -> float:
     return 100 * acc
 
 
-def run_seed(space, data, seed: int, a, log=print) -> tuple[dict[str, float], dict[str, float], dict]:
+def run_seed(space, data, seed: int, a, variant: tuple[str, str], separate: dict | None = None,
+             log=print) -> tuple[dict[str, float], dict[str, float], dict]:
+    """One seed of one variant (optimizer, sampling): the separate 3x3 and 5x5 networks (taken from
+    ``separate`` when an earlier variant with the same optimizer trained them) and the superkernel."""
     from spnas_dsl import training
     from spnas_dsl.compiler.extract import extract
     from spnas_dsl.compiler.network import lower_to_network
     from spnas_dsl.compiler.supernet import lower_to_supernet
 
+    optimizer, sampling = variant
     k3, k5 = backbone(space, 3), backbone(space, 5)
     acc, secs = {}, {}
-    for name, arch in (("3x3 network", k3), ("5x5 network", k5)):
-        training.seed_everything(seed)
-        net = lower_to_network(arch).to(memory_format=torch.channels_last)
-        secs[name] = train(net, data, epochs=a.epochs, batch_size=a.batch_size, seed=seed, log=log, name=name)
-        acc[name] = accuracy(net, data, seed)
-        log(f"  [{name}] top-1 {acc[name]:.2f} %")
+    if separate is not None:
+        acc, secs = dict(separate[0]), dict(separate[1])
+    else:
+        for name, arch in (("3x3 network", k3), ("5x5 network", k5)):
+            training.seed_everything(seed)
+            net = lower_to_network(arch).to(memory_format=torch.channels_last)
+            secs[name] = train(net, data, epochs=a.epochs, batch_size=a.batch_size, seed=seed, optimizer=optimizer,
+                               log=log, name=name)
+            acc[name] = accuracy(net, data, seed)
+            log(f"  [{name}] top-1 {acc[name]:.2f} %")
     training.seed_everything(seed)
     supernet = lower_to_supernet(space).to(memory_format=torch.channels_last)
     for p in supernet.threshold_parameters():
         p.requires_grad_(False)  # sampled, not learned: not in the optimizer
-    sampler = KernelSampler(supernet, searched_indices(space), a.sampling, seed)
+    sampler = KernelSampler(supernet, searched_indices(space), sampling, seed)
     secs["superkernel"] = train(supernet, data, epochs=a.epochs, batch_size=a.batch_size, seed=seed,
-                                before_step=sampler, log=log, name="superkernel")
+                                optimizer=optimizer, before_step=sampler, log=log, name="superkernel")
     for name, arch in (("superkernel, inner 3x3", k3), ("superkernel, full 5x5", k5)):
         acc[name] = accuracy(extract(supernet, arch), data, seed)
         log(f"  [{name}] top-1 {acc[name]:.2f} %")
     return acc, secs, dict(sampler.counts)
+
+
+def parse_variants(text: str) -> list[tuple[str, str]]:
+    """``rmsprop:layer,sgd:layer`` -> [("rmsprop", "layer"), ("sgd", "layer")]."""
+    out = []
+    for item in text.split(","):
+        optimizer, _, sampling = item.strip().partition(":")
+        sampling = sampling or "layer"
+        if optimizer not in RECIPES or sampling not in ("layer", "network"):
+            raise argparse.ArgumentTypeError(f"{item!r}: expected OPTIMIZER[:SAMPLING] with OPTIMIZER one of "
+                                             f"{', '.join(RECIPES)} and SAMPLING layer or network")
+        out.append((optimizer, sampling))
+    return out
+
+
+RECIPES = {"rmsprop": "spnasc train's default: TF-style RMSProp, lr 0.016*B/256 decayed x0.97 every 2.4 epochs "
+                      "(nearly constant over a few epochs)",
+           "sgd": "spnasc train --optimizer sgd: SGD with Nesterov momentum, lr 0.1*B/256 on a cosine schedule to zero"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,8 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per network (default 10; quick 2)")
     parser.add_argument("--subset", type=int, default=None, help="training images (default all 60,000; quick 6000)")
     parser.add_argument("--seeds", type=int, default=None, help="repeats with seeds 0..N-1 (default 2; quick 1)")
-    parser.add_argument("--sampling", choices=["layer", "network"], default="layer",
-                        help="superkernel training: a random kernel per layer (default) or one per network, each step")
+    parser.add_argument("--variants", type=parse_variants, default=parse_variants("rmsprop:layer,sgd:layer"),
+                        help="training recipes compared side by side, OPTIMIZER[:SAMPLING],... with OPTIMIZER "
+                             "rmsprop or sgd and SAMPLING layer (a random kernel per layer each step) or network "
+                             "(one kernel for the whole network each step) (default rmsprop:layer,sgd:layer)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default the Debian package's)")
     a = parser.parse_args(argv)
@@ -177,34 +207,44 @@ def main(argv: list[str] | None = None) -> None:
     data = open_dataset("fashion-mnist", space.input.height, space.input.channels, data_dir=a.data_dir,
                         subset=a.subset, val_subset=None if a.subset is None else 10000, seed=0)
     print(f"data: {data.description}")
-    per_seed = []
-    for seed in range(a.seeds):
-        print(f"seed {seed}:")
-        per_seed.append(run_seed(space, data, seed, a))
+    results: dict[tuple[str, str], list] = {}  # variant -> per seed (acc, secs, counts)
+    separate: dict[tuple[str, int], tuple[dict, dict]] = {}  # (optimizer, seed) -> separate networks' (acc, secs)
+    for variant in a.variants:
+        results[variant] = []
+        for seed in range(a.seeds):
+            print(f"{variant[0]}, kernel per {variant[1]}, seed {seed}:")
+            acc, secs, counts = run_seed(space, data, seed, a, variant, separate.get((variant[0], seed)))
+            separate.setdefault((variant[0], seed), ({k: acc[k] for k in ("3x3 network", "5x5 network")},
+                                                     {k: secs[k] for k in ("3x3 network", "5x5 network")}))
+            results[variant].append((acc, secs, counts))
 
-    names = list(PAPER)
-    rows = []
-    for name in names:
-        values = [acc[name] for acc, _, _ in per_seed]
+    def label(variant: tuple[str, str]) -> str:
+        return f"{variant[0]}, kernel per {variant[1]}" if len(a.variants) > 1 else variant[0]
+
+    def pm(values: list[float], signed: bool = False) -> str:
         mean, std = R.mean_std(values)
-        ours = f"{mean:.2f}" + (f" \u00b1 {std:.2f}" if len(values) > 1 else "")
-        rows.append([name, ours, ", ".join(f"{v:.2f}" for v in values), f"{PAPER[name]:.2f}"])
-    table = R.md_table(["network (evaluated kernels)", "top-1 % (ours, mean \u00b1 std)", "per seed",
+        return (f"{mean:+.2f}" if signed else f"{mean:.2f}") + (f" \u00b1 {std:.2f}" if len(values) > 1 else "")
+
+    rows = []
+    for variant, per_seed in results.items():
+        for name, paper in PAPER.items():
+            values = [acc[name] for acc, _, _ in per_seed]
+            rows.append([label(variant), name, pm(values), ", ".join(f"{v:.2f}" for v in values), f"{paper:.2f}"])
+    table = R.md_table(["recipe", "network (evaluated kernels)", "top-1 % (ours, mean \u00b1 std)", "per seed",
                         "top-1 % (paper, ImageNet)"], rows)
 
-    def gap(x: str, y: str) -> str:
-        d = [acc[x] - acc[y] for acc, _, _ in per_seed]
-        mean, std = R.mean_std(d)
-        return f"{mean:+.2f}" + (f" \u00b1 {std:.2f}" if len(d) > 1 else "")
-
-    gaps = R.md_table(["difference (points)", "ours", "paper"], [
-        ["superkernel inner 3x3 - separate 3x3", gap("superkernel, inner 3x3", "3x3 network"), "-0.16"],
-        ["superkernel full 5x5 - separate 5x5", gap("superkernel, full 5x5", "5x5 network"), "-0.24"],
-        ["separate 5x5 - separate 3x3", gap("5x5 network", "3x3 network"), "+0.51"],
-        ["superkernel 5x5 - superkernel 3x3", gap("superkernel, full 5x5", "superkernel, inner 3x3"), "+0.43"],
-    ])
-    secs = {k: R.mean_std([s[k] for _, s, _ in per_seed])[0] for k in per_seed[0][1]}
-    counts = per_seed[0][2]
+    pairs = [("superkernel inner 3x3 - separate 3x3", "superkernel, inner 3x3", "3x3 network", "-0.16"),
+             ("superkernel full 5x5 - separate 5x5", "superkernel, full 5x5", "5x5 network", "-0.24"),
+             ("separate 5x5 - separate 3x3", "5x5 network", "3x3 network", "+0.51"),
+             ("superkernel 5x5 - superkernel 3x3", "superkernel, full 5x5", "superkernel, inner 3x3", "+0.43")]
+    gaps = R.md_table(["difference (points)", *(label(v) for v in results), "paper"], [
+        [what, *(pm([acc[x] - acc[y] for acc, _, _ in per_seed], signed=True) for per_seed in results.values()), paper]
+        for what, x, y, paper in pairs])
+    timing = "; ".join(
+        f"{label(v)}: " + ", ".join(f"{k} {R.mean_std([s[k] for _, s, _ in per_seed])[0]:.0f} s"
+                                    for k in per_seed[0][1])
+        for v, per_seed in results.items())
+    counts = next(iter(results.values()))[0][2]
     k3 = backbone(space, 3)
     k5 = backbone(space, 5)
     body = R.section_header(
@@ -212,12 +252,14 @@ def main(argv: list[str] | None = None) -> None:
         R.command_line("benchmarks.kernel_subsets", argv), a.threads,
         [(f"backbone: `{SPACE.relative_to(R.REPO)}` with every searched layer at e6 and no skip (MobileNetV2-like): "
          f"{summarize(k3).params_max:,} parameters with 3x3 kernels, {summarize(k5).params_max:,} with 5x5"),
-         (f"data: {data.description}; {a.epochs} epoch(s), batch {a.batch_size}, seeds 0..{a.seeds - 1}; "
-         f"RMSProp (TF-style) lr {0.016 * a.batch_size / 256:g}, x0.97 every 2.4 epochs, label smoothing 0.1"),
-         (f"superkernel sampling: a random kernel per {a.sampling} every step (seed 0: {counts[3]} 3x3 and "
-         f"{counts[5]} 5x5 layer-steps); evaluated through `extract` (inner 3x3 crop / full 5x5) after BN "
-         f"re-estimation on 1,024 training images, like the separate networks"),
-         "training time per network (mean over seeds): " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()),
+         (f"data: {data.description}; {a.epochs} epoch(s), batch {a.batch_size}, seeds 0..{a.seeds - 1}; label "
+          f"smoothing 0.1; recipes: " + "; ".join(f"`{o}`: {RECIPES[o]}" for o in dict.fromkeys(o for o, _ in
+                                                                                           a.variants))),
+         (f"superkernel: e6 everywhere, a random kernel per layer (or per network) every step ({counts[3]} 3x3 and "
+          f"{counts[5]} 5x5 layer-steps for the first variant's seed 0); evaluated through `extract` (inner 3x3 crop "
+          f"/ full 5x5) after BN re-estimation on 1,024 training images, like the separate networks; the separate "
+          f"networks are trained once per recipe and seed and shared by the variants of that recipe"),
+         "training time per network (mean over seeds): " + timing,
          f"total wall time {time.perf_counter() - started:.0f} s"])
     body += "\n" + table + "\n\n" + gaps + "\n\n" + NOTES
     R.publish("kernel_subsets", body, a.no_write)
