@@ -258,3 +258,41 @@ def test_search_quality_noise_separates_the_common_seed_effect():
     _, residual, _ = noise_of([[85.0, 87.0], [86.0, 87.0], [84.0, 87.0]])
     assert residual > 0.5
     assert percentile_among(3.0, [1.0, 2.0, 3.0, 4.0]) == pytest.approx(62.5)
+
+
+def test_local_tables_extremes_drift_and_counts():
+    from benchmarks.local_tables import FROM_NETWORKS, drift, extreme_networks, parse_counts
+    from spnas_dsl.profiling import models as M
+
+    space = parse_text((R.REPO / "spaces" / "fashion_mnist.spnas").read_text(), "fashion_mnist.spnas")
+    largest, smallest = extreme_networks(space)
+    assert M.network_id(largest) == "fashion_mnist:k3e1,k5e6,k5e6,k5e6,k5e6,k5e6,k5e6,k3e6"
+    assert M.network_id(smallest) == "fashion_mnist:k3e1,k3e3,skip,k3e3,skip,k3e3,skip,k3e6"
+    assert drift({"a": 2.0, "b": 3.0, "c": 1.0}, {"a": 1.0, "b": 2.0}) == pytest.approx(1.75)
+    assert drift({"a": 1.0}, {}) is None
+    assert parse_counts(["mnasnet=40"], FROM_NETWORKS) == {**FROM_NETWORKS, "mnasnet": 40}
+    with pytest.raises(SystemExit):
+        parse_counts(["mnasnet=5"], FROM_NETWORKS)
+
+
+@pytest.mark.slow
+def test_local_tables_quick_runs_both_modes_on_the_same_networks(tmp_path, monkeypatch):
+    """``benchmarks.local_tables --quick`` on fashion_mnist (a tiny timing configuration: the machinery, not
+    the figures): both tables built, both scored on the same held-out and extreme networks."""
+    pytest.importorskip("ai_edge_litert")
+    from benchmarks import local_tables
+    from spnas_dsl.targets.measurements import load_measurements
+
+    monkeypatch.setenv("SPNAS_CACHE_DIR", str(tmp_path / "cache"))
+    before = R.RESULTS.read_bytes()
+    (result,) = local_tables.main(["--quick", "--no-write", "--spaces", "fashion_mnist", "--work", str(tmp_path / "w")])
+    assert R.RESULTS.read_bytes() == before  # --no-write
+    assert result["layers"]["models_timed"] == 28 + 4 * 2 and result["networks"]["models_timed"] == 12
+    held = load_measurements(result["truth"]["heldout_file"], "host-tflite")
+    assert held.count == 6 and all(v > 0 for v in held.latency_ms)
+    assert load_measurements(result["truth"]["extremes_file"], "host-tflite").count == 2
+    for mode in ("layers", "networks"):
+        scored = result[mode]["heldout"]
+        assert scored["networks"] == 6 and scored["mape_pct"] >= 0 and -1 <= scored["spearman"] <= 1
+        assert abs(result[mode]["largest_error_pct"]) < 100 and result[mode]["drift"] > 0
+    assert (tmp_path / "w" / "report.json").exists()
