@@ -196,6 +196,25 @@ def test_large_lambda_finds_a_faster_network(table, tmp_path):
     assert latency[0.1] < latency[0.0] - 1.0
 
 
+# -- the methods (spnas_dsl.search.methods) ------------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(__import__("spnas_dsl.search.methods", fromlist=["METHODS"]).METHODS))
+def test_every_method_is_offered_documented_and_runs(method, table, tmp_path, capsys):
+    """docs/compiler.md, "How to add a search method": each registered method is a --method choice,
+    is named in that section and runs a tiny search to its outputs."""
+    docs = (REPO / "docs" / "compiler.md").read_text()
+    assert f"`{method}`" in docs[docs.index("### A search method"):]
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert method in capsys.readouterr().out.split("--method {", 1)[1].split("}", 1)[0].split(",")
+    out = tmp_path / "o"
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "1", "--method", method,
+                          "--latency-budget", "50%", "--evaluations", "3", "--out", out, capsys=capsys)
+    assert code == 0, err
+    assert json.loads((out / "search.json").read_text())["result"]["method"] == method
+    assert load(out / "arch.spnas").is_concrete
+
+
 # -- resume -------------------------------------------------------------------------------------
 
 RESUME_ARGS = ["--data", "synthetic:160", "--image-size", "16", "--batch-size", "32", "--epochs", "3",

@@ -3,7 +3,7 @@
 - :mod:`~spnas_dsl.training.recipe`: :class:`Recipe`, :func:`build_optimizer` (TF-style RMSProp or
   SGD; no weight decay on BN / biases / thresholds), :func:`build_scheduler` (per-step lr),
   :func:`loss_function` (label-smoothed CE).
-- :mod:`~spnas_dsl.training.evaluate`: :func:`evaluate` (top-k and mean CE over a split),
+- :mod:`~spnas_dsl.training.evaluation`: :func:`evaluate` (top-k and mean CE over a split),
   :func:`precise_bn` (BN statistics re-estimated for the current weights and decisions).
 - :mod:`~spnas_dsl.training.checkpoint`: :func:`save_checkpoint` (atomic), :func:`load_checkpoint`
   (``weights_only=True``), :func:`read_run_checkpoint` (a run folder's, checked),
@@ -28,7 +28,7 @@ from spnas_dsl.training.checkpoint import (
     seed_everything,
 )
 from spnas_dsl.training.distributed import DistInfo, all_reduce_sum, any_rank, launch_local, setup, teardown
-from spnas_dsl.training.evaluate import evaluate, precise_bn, sync_buffers
+from spnas_dsl.training.evaluation import evaluate, precise_bn, sync_buffers
 from spnas_dsl.training.hooks import NO_HOOKS, Diverged, Hooks
 from spnas_dsl.training.progress import Progress, tensorboard_writer
 from spnas_dsl.training.recipe import Recipe, build_optimizer, build_scheduler, loss_function
