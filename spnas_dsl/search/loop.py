@@ -1,6 +1,6 @@
 """Single-Path NAS search: train one supernet's weights and decision thresholds together.
 
-One readable file, top to bottom (after nanoGPT's ``train.py``). Run it through the CLI::
+The loop reads top to bottom (after nanoGPT's ``train.py``). Run it through the CLI::
 
     spnasc search spaces/mnasnet.spnas --target pixel1 --optimizer sgd --image-size 32 --subset 5000 \
         --batch-size 64 --epochs 4 --latency-budget 80      # ~8 min on 2 CPU cores (docs/search.md)
