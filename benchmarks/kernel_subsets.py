@@ -122,9 +122,8 @@ def accuracy(net, data, seed: int, bn_images: int = 1024) -> float:
 
     calib = data.train.subset(subset_indices(len(data.train), bn_images, seed + 17), train=False)
     net = net.to(memory_format=torch.channels_last)
-    training.recalibrate_batchnorm(net, Batches(calib, 128), max_batches=bn_images // 128 + 1)
-    acc, _, _ = training.evaluate(net, Batches(data.val, 500))
-    return 100 * acc
+    training.precise_bn(net, Batches(calib, 128))
+    return 100 * training.evaluate(net, Batches(data.val, 500), ks=(1,))["top1"]
 
 
 def run_seed(space, data, seed: int, a, variant: tuple[str, str], separate: dict | None = None,

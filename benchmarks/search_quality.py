@@ -89,7 +89,7 @@ class Candidates:
     """Every searched-layer choice of the space, priced and sized (the baselines' pool)."""
 
     def __init__(self, space, graph):
-        from spnas_dsl.budget import Pricer
+        from spnas_dsl.search.budget import Pricer
         from spnas_dsl.shapes import infer_shapes, option_cost
 
         self.space = space

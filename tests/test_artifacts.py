@@ -123,17 +123,19 @@ def test_canonical_safetensors_keeps_the_tensors(tmp_path):
 
 
 def test_trained_weights_are_written_canonically(tmp_path):
-    """spnasc train's weights file (training.checkpoint.save_weights) has a sorted header: the same
-    weights and metadata give the same bytes in every process."""
+    """spnasc train's weights file (backends.weights.save_weights, as build's) has a sorted header: the
+    same weights and metadata give the same bytes in every process."""
     import json
     import struct
 
     import torch
 
-    from spnas_dsl.training.checkpoint import save_weights
+    from spnas_dsl.backends.weights import save_weights
 
-    save_weights(tmp_path / "w.safetensors", {"b": torch.ones(3), "a": torch.zeros(2)},
-                 metadata={"zeta": "1", "arch": "x", "mid": "2"})
+    model = torch.nn.Module()
+    model.register_buffer("b", torch.ones(3))
+    model.register_buffer("a", torch.zeros(2))
+    save_weights(model, tmp_path / "w.safetensors", metadata={"zeta": "1", "arch": "x", "mid": "2"})
     content = (tmp_path / "w.safetensors").read_bytes()
     (size,) = struct.unpack("<Q", content[:8])
     header = content[8:8 + size].decode().rstrip()

@@ -179,8 +179,8 @@ def test_search_cost_fit_and_step(tiny):
 
 def test_search_quality_samples_within_the_band():
     from benchmarks.search_quality import Candidates, sample_in_band
-    from spnas_dsl.budget import network_of
     from spnas_dsl.latency.graph import LatencyGraph
+    from spnas_dsl.search.budget import network_of
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")
     graph = LatencyGraph.build(space, "pixel1")
@@ -194,8 +194,8 @@ def test_search_quality_samples_within_the_band():
 
 def test_search_quality_baselines_are_the_largest_in_the_band():
     from benchmarks.search_quality import Candidates
-    from spnas_dsl.budget import network_of
     from spnas_dsl.latency.graph import LatencyGraph
+    from spnas_dsl.search.budget import network_of
     from spnas_dsl.shapes import summarize
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")

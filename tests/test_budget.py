@@ -1,4 +1,5 @@
-"""Landing on the latency budget (spnas_dsl.budget) and the proxy's kernel-decision coverage (spnas_dsl.proxy)."""
+"""Landing on the latency budget (spnas_dsl.search.budget) and the proxy's kernel-decision coverage
+(spnas_dsl.search.proxy)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from spnas_dsl.budget import fit_to_budget, network_of, option_value, relative_margin
 from spnas_dsl.ir import Option
 from spnas_dsl.latency.graph import LatencyGraph
 from spnas_dsl.parser import load
-from spnas_dsl.proxy import kernel_decision_coverage
+from spnas_dsl.search.budget import fit_to_budget, network_of, option_value, relative_margin
+from spnas_dsl.search.proxy import kernel_decision_coverage
 from spnas_dsl.shapes import infer_shapes
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,7 +39,7 @@ def random_report(space, seed: int) -> list[dict]:
 
 def answer_of(space, report) -> dict[int, Option]:
     """The options the report's margins turn on (the thresholds' answer)."""
-    from spnas_dsl.budget import margins_of
+    from spnas_dsl.search.budget import margins_of
 
     margins = margins_of(report)
     layers = {s.index: s.layer for s in infer_shapes(space).layers if s.layer.is_searched}
@@ -61,7 +62,7 @@ def test_fit_is_the_best_network_of_the_band_by_exhaustive_search(fm_table):
     space = load(FM_SPACE)
     graph = LatencyGraph.build(space, str(fm_table))
     report = random_report(space, seed=3)
-    from spnas_dsl.budget import margins_of
+    from spnas_dsl.search.budget import margins_of
 
     margins = margins_of(report)
     layers = {s.index: s.layer for s in infer_shapes(space).layers if s.layer.is_searched}
@@ -173,7 +174,7 @@ def test_search_warns_about_uninformed_decisions(tmp_path, capsys):
 
 def test_percentile_budget_is_resolved_on_the_table(fm_table, tmp_path, capsys):
     """--latency-budget 40%: the 40th percentile of the space's latencies (exact over 8,000 networks)."""
-    from spnas_dsl.budget import latency_percentile
+    from spnas_dsl.search.budget import latency_percentile
 
     space = load(FM_SPACE)
     graph = LatencyGraph.build(space, str(fm_table))

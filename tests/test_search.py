@@ -2,9 +2,9 @@
 
 Fast tests search spaces/fashion_mnist.spnas on synthetic data with a small latency table
 (made here from the layers' multiply-adds); the slow ones use the Pixel 1 table and
-spaces/mnasnet.spnas. Test hooks of spnas_dsl.search (environment variables):
-SPNAS_TEST_NAN_AT_STEP=N makes the loss NaN at step N (counting from 1); SPNAS_TEST_EXIT_AFTER_STEP=N ends the
-process abruptly (os._exit, no clean-up) right after step N.
+spaces/mnasnet.spnas. Test hooks (spnas_dsl.training.Hooks) are passed to the loop: in this process by
+wrapping ``spnas_dsl.search.run_search``, in a child process through tests/hooked_search.py (which
+ends the process abruptly, os._exit and no clean-up, right after a given step).
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def search(*args, capsys=None) -> tuple[int, str, str]:
     return code, out, err
 
 
-def subprocess_search(*args, env=None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "spnas_dsl", "search", *map(str, args)], cwd=REPO,
+def subprocess_search(*args, env=None, exit_after_step: int | None = None, **kw) -> subprocess.Popen:
+    command = [sys.executable, "-m", "spnas_dsl"] if exit_after_step is None else [
+        sys.executable, str(REPO / "tests" / "hooked_search.py"), str(exit_after_step)]
+    return subprocess.Popen([*command, "search", *map(str, args)], cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -194,6 +196,25 @@ def test_large_lambda_finds_a_faster_network(table, tmp_path):
     assert latency[0.1] < latency[0.0] - 1.0
 
 
+# -- the methods (spnas_dsl.search.methods) ------------------------------------------------------------
+
+@pytest.mark.parametrize("method", sorted(__import__("spnas_dsl.search.methods", fromlist=["METHODS"]).METHODS))
+def test_every_method_is_offered_documented_and_runs(method, table, tmp_path, capsys):
+    """docs/compiler.md, "How to add a search method": each registered method is a --method choice,
+    is named in that section and runs a tiny search to its outputs."""
+    docs = (REPO / "docs" / "compiler.md").read_text()
+    assert f"`{method}`" in docs[docs.index("### A search method"):]
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert method in capsys.readouterr().out.split("--method {", 1)[1].split("}", 1)[0].split(",")
+    out = tmp_path / "o"
+    code, _, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "1", "--method", method,
+                          "--latency-budget", "50%", "--evaluations", "3", "--out", out, capsys=capsys)
+    assert code == 0, err
+    assert json.loads((out / "search.json").read_text())["result"]["method"] == method
+    assert load(out / "arch.spnas").is_concrete
+
+
 # -- resume -------------------------------------------------------------------------------------
 
 RESUME_ARGS = ["--data", "synthetic:160", "--image-size", "16", "--batch-size", "32", "--epochs", "3",
@@ -224,7 +245,7 @@ def test_resume_after_an_abrupt_exit_gives_the_same_files(reference_run, table, 
     covering steps 7-9 as it does there, and removes the temporaries a kill during a save leaves."""
     out = tmp_path / "out"
     proc = subprocess_search(FM_SPACE, "--target", table, *RESUME_ARGS, "--out", out,
-                             env={"SPNAS_TEST_EXIT_AFTER_STEP": "9"})  # mid-epoch 2, after the checkpoint at 8
+                             exit_after_step=9)  # mid-epoch 2, after the checkpoint at 8
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 99, err
     assert not (out / "arch.spnas").exists()
@@ -399,7 +420,13 @@ def test_concrete_network_is_refused(tmp_path, tiny_run, table, capsys):
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(table, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SPNAS_TEST_NAN_AT_STEP", "5")
+    import functools
+
+    import spnas_dsl.search
+    from spnas_dsl.training import Hooks
+
+    nan_at_5 = Hooks(loss=lambda step, loss: loss * float("nan") if step == 5 else loss)  # steps count from 1
+    monkeypatch.setattr(spnas_dsl.search, "run_search", functools.partial(spnas_dsl.search.run_search, hooks=nan_at_5))
     out = tmp_path / "o"
     code, _, err = search(FM_SPACE, "--target", table, *TINY, "--epochs", "2", "--checkpoint-every", "2",
                           "--out", out, capsys=capsys)

@@ -129,10 +129,10 @@ def test_training_learns_synthetic(tmp_path, tiny):
     assert metrics["top1"] > 0.6, metrics["history"]
 
 
-def test_recalibrate_bn_measures_the_statistics_of_the_data():
+def test_precise_bn_measures_the_statistics_of_the_data():
     from torch import nn
 
-    from spnas_dsl.train import recalibrate_bn
+    from spnas_dsl.training import precise_bn
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3, momentum=0.01))
@@ -140,7 +140,7 @@ def test_recalibrate_bn_measures_the_statistics_of_the_data():
     data = [(3.0 + 2.0 * torch.randn(16, 2, 4, 4), None) for _ in range(6)]
     model[1].num_batches_tracked.fill_(7)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
-    used = recalibrate_bn(model, data, 64)
+    used = precise_bn(model, data, 64)
     assert used == 64  # 4 batches of 16, then it stops
     with torch.no_grad():
         feats = torch.cat([model[0](x) for x, _ in data[:4]])
@@ -150,7 +150,7 @@ def test_recalibrate_bn_measures_the_statistics_of_the_data():
     assert model[1].momentum == 0.01 and not model.training
     for k, v in weights.items():
         assert torch.equal(model.state_dict()[k], v), k  # weights and num_batches_tracked untouched
-    assert recalibrate_bn(model, [], 0) == 0
+    assert precise_bn(model, [], 0) == 0
 
 
 def test_resume_continues_exactly(tmp_path, tiny, tiny_run):
@@ -414,14 +414,14 @@ def test_worker_argv_round_trips():
 
 # ---------------------------------------------------------------------------------------
 # --init-from: a search's folder (its checkpoint.pt: supernet weights + the config with the
-# space's source text), built directly here in search.py's format; the slow test below runs
+# space's source text), built directly here in spnas_dsl.search's format; the slow test below runs
 # a real `spnasc search` instead.
 
 def fake_search_dir(folder: Path, space_text: str = TINY_SPACE, seed: int = 5) -> Path:
     """A search output folder as ``spnas_dsl.search`` writes it, with random supernet weights."""
     from spnas_dsl.compiler.supernet import lower_to_supernet
-    from spnas_dsl.search import CHECKPOINT, SearchConfig
-    from spnas_dsl.training import save_checkpoint
+    from spnas_dsl.search import SearchConfig
+    from spnas_dsl.training import CHECKPOINT, save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -65,7 +65,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             for name in f.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 tensors[name] = f.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+        raise CheckpointError(f"cannot read weights {path}: not a valid safetensors file: {exc}") from None
     return tensors, metadata
 
 

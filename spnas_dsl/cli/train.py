@@ -128,11 +128,11 @@ def run(args) -> int:
             network = load(args.arch)
             require_concrete(network)
         if args.out is None and args.resume is None:  # all ranks must write to (and agree on) one folder
-            from spnas_dsl.train import default_out_dir
+            from spnas_dsl.training.rundir import default_out_dir
 
             if args.arch is None:
                 raise UsageError("give an arch (.spnas file) to train, or --resume DIR")
-            args.out = str(default_out_dir(network.name))
+            args.out = str(default_out_dir("train", network.name))
         return launch_local(args.nproc, worker_argv(args))
 
     try:

@@ -8,7 +8,10 @@ rename, so a run killed mid-save leaves the previous checkpoint intact::
                                             "scheduler": sched.state_dict(), "rng": capture_rng_state(),
                                             "step": step, "epoch": epoch, "config": config})
     state = load_checkpoint(out / "checkpoint.pt")          # CheckpointError when missing/corrupt
-    model.load_state_dict(state["model"]); restore_rng_state(state["rng"])
+    load_state(model, state["model"], "checkpoint.pt"); restore_rng_state(state["rng"])
+    state = read_run_checkpoint(run_dir, "train", needed=("model", "step"), kind="spnas-train")   # --resume
+
+Weights files (safetensors) are read and written by :mod:`spnas_dsl.backends.weights`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ import torch
 
 from spnas_dsl.errors import CheckpointError
 from spnas_dsl.io import atomic_write_bytes
+
+CHECKPOINT = "checkpoint.pt"  # in every search and train run folder
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict:
@@ -84,24 +96,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a state dict as safetensors (atomic); ``metadata`` is a str -> str dict."""
-    from safetensors.torch import save
+def read_run_checkpoint(run_dir: str | Path, command: str, needed: tuple[str, ...], kind: str | None = None) -> dict:
+    """The checkpoint of a ``spnasc {command}`` run folder (``--resume DIR``, ``--init-from DIR``).
 
-    from spnas_dsl.io import canonical_safetensors
+    :class:`CheckpointError` when ``run_dir`` is not a folder, the file is missing or damaged,
+    its ``kind`` is another (when given and recorded), or it lacks one of the ``needed`` keys.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"cannot resume: {run_dir} is not a folder")
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path)
+    if kind is not None and state.get("kind", kind) != kind:  # early search checkpoints have no kind
+        raise CheckpointError(f"{path} is not a 'spnasc {command}' checkpoint (kind {state.get('kind')!r})")
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete 'spnasc {command}' checkpoint (no {', '.join(missing)})")
+    return state
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    atomic_write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))  # byte-reproducible
 
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors state dict; :class:`CheckpointError` when missing or corrupt."""
-    from safetensors.torch import load
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no weights file at {path}")
-    try:
-        return load(path.read_bytes())
-    except Exception as exc:  # noqa: BLE001 (safetensors' errors of a damaged file)
-        raise CheckpointError(f"cannot read weights {path}: {exc}") from None
+def load_state(model: torch.nn.Module, state: dict, where: str) -> None:
+    """``model.load_state_dict(state)`` (strict), a mismatch as a :class:`CheckpointError` naming ``where``."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{where} does not hold a state dict of tensors")
+    mine = model.state_dict()
+    missing = sorted(set(mine) - set(state))
+    unexpected = sorted(set(state) - set(mine))
+    wrong = sorted(k for k in set(mine) & set(state) if mine[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape of {k} is {tuple(state[k].shape)}, the network has {tuple(mine[k].shape)}")
+        raise CheckpointError(f"{where} does not fit this network: {'; '.join(parts)}")
+    model.load_state_dict(state)

@@ -9,7 +9,8 @@ One :class:`Progress` per run::
     progress.close()
 
 ``quiet``: no bar; a one-line summary every ``log_every`` steps and every :meth:`log` line.
-``enabled=False`` (ranks other than 0): nothing at all.
+``enabled=False`` (ranks other than 0): nothing at all. TensorBoard scalars go through
+:func:`tensorboard_writer` (rank 0 only).
 """
 
 from __future__ import annotations
@@ -77,3 +78,20 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def tensorboard_writer(log_dir, purge_step: int | None = None):
+    """A TensorBoard ``SummaryWriter`` that does not import TensorFlow.
+
+    With TensorFlow installed (the tflite backend needs it), ``torch.utils.tensorboard`` would
+    import it to write event files (tens of seconds, a GB of memory per process). TensorBoard's
+    own ``tensorboard.compat.notf`` marker makes it use its built-in file writer instead.
+    ``purge_step``: a resumed run drops the events the killed run wrote after its checkpoint.
+    """
+    import types
+
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

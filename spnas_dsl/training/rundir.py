@@ -21,6 +21,7 @@ Typical use (rank 0 only writes)::
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,6 +34,16 @@ SEARCH_OUTPUTS = ("arch.spnas", "search.json", "checkpoint.pt", "tensorboard", "
 TRAIN_OUTPUTS = ("checkpoint.pt", "model.safetensors", "arch.spnas", "metrics.json", "tensorboard")
 
 _RESUMABLE = {"search", "train"}
+
+
+def default_out_dir(*parts: str) -> Path:
+    """``runs/<part>-<part>-YYYYmmdd-HHMMSS``: a new run's folder when no ``--out`` is given.
+
+    Characters other than letters, digits and ``-_.`` become ``_``. Under DDP, rank 0 names it
+    and broadcasts the name (``distributed.broadcast_object``): the clocks may disagree.
+    """
+    safe = ["".join(c if c.isalnum() or c in "-_." else "_" for c in part) for part in parts]
+    return Path("runs") / "-".join([*safe, time.strftime("%Y%m%d-%H%M%S")])
 
 
 def _listing(names: list[str], limit: int = 4) -> str:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spnas_dsl.budget import Decisions, Pricer
 from spnas_dsl.ir import Network
+from spnas_dsl.search.budget import Decisions, Pricer
 
 
 @dataclass
@@ -66,33 +66,39 @@ class SelectionResult:
 
 
 class SupernetScorer:
-    """Held-out accuracy of a trained supernet at given decisions (inherited weights, BN re-estimated)."""
+    """Held-out scores of a trained supernet at given decisions (inherited weights, BN re-estimated).
 
-    def __init__(self, supernet, calibration: list[tuple[torch.Tensor, torch.Tensor]],
-                 held_out: list[tuple[torch.Tensor, torch.Tensor]], all_reduce: Callable | None = None):
+    Scores a copy (indicator dropout off), so the supernet and the random state are untouched.
+    Before each score the copy's BN statistics are re-estimated on ``calibration`` (the first
+    ``calibration_images``; None: all of it) for those decisions (:func:`training.precise_bn`):
+    the supernet's running statistics mix every sub-network it trained. ``info``: the process
+    group (scores are summed over ranks). Used for the held-out accuracy at every epoch's end
+    and for every candidate of the evolution (one batch list shared by all: paired scores).
+    """
+
+    def __init__(self, supernet, info, calibration, held_out, calibration_images: int | None = None):
         import copy
 
         self.probe = copy.deepcopy(supernet)
         self.probe.set_indicator_dropout(0.0)
+        self.info = info
         self.calibration = calibration
         self.held_out = held_out
-        self.all_reduce = all_reduce
+        self.calibration_images = calibration_images
 
-    @torch.no_grad()
+    def scores(self, decisions: Decisions | None = None) -> dict[str, float]:
+        """``{"top1", "loss", "images"}`` at ``decisions`` (None: the supernet's current ones)."""
+        from spnas_dsl.training import evaluate, precise_bn
+
+        if decisions is not None:
+            self.probe.select(decisions)
+        precise_bn(self.probe, self.calibration, self.calibration_images)
+        return evaluate(self.probe, self.held_out, self.info, ks=(1,), logits_of=lambda out: out.logits)
+
     def __call__(self, decisions: Decisions) -> tuple[float, float]:
-        from spnas_dsl.training import recalibrate_batchnorm
-
-        self.probe.select(decisions)
-        recalibrate_batchnorm(self.probe, self.calibration, len(self.calibration))
-        correct = total = ce = 0.0
-        for x, y in self.held_out:
-            logits = self.probe(x).logits
-            ce += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
-            total += len(y)
-        if self.all_reduce is not None:
-            correct, total, ce = self.all_reduce([correct, total, ce])
-        return correct / max(total, 1), ce / max(total, 1)
+        """(accuracy, mean cross-entropy) at ``decisions``: the score :func:`evolve` ranks by."""
+        scores = self.scores(decisions)
+        return scores["top1"], scores["loss"]
 
 
 def evolve(start: Decisions, pricer: Pricer, score: Callable[[Decisions], tuple[float, float]], lo: float, hi: float,
@@ -203,7 +209,6 @@ def select_in_band(supernet, space: Network, graph, data, info, batch: int, star
     process group's :class:`DistInfo` (scores are summed over ranks).
     """
     from spnas_dsl.data import Batches, subset_indices
-    from spnas_dsl.training.distributed import all_reduce_sum
 
     pricer = Pricer(space, graph)
     lo, hi = band if band is not None else (floor * pricer(start), pricer(start))
@@ -216,8 +221,7 @@ def select_in_band(supernet, space: Network, graph, data, info, batch: int, star
         val = val.subset(subset_indices(len(val), selection_images, seed + 3))
     held_out = list(Batches(val, batch, rank=info.rank, world=info.world_size, num_workers=0, device=info.device,
                             memory_format=fmt))
-    scorer = SupernetScorer(supernet, calib, held_out,
-                            all_reduce=(lambda v: all_reduce_sum(v, info)) if info.enabled else None)
+    scorer = SupernetScorer(supernet, info, calib, held_out)
     log(f"selection: evolution in {lo:.4g} .. {hi:.4g} ms, {evaluations} networks, "
         f"{sum(len(y) for _, y in held_out)} held-out images per network (per process)")
     return evolve(start, pricer, scorer, lo, hi, EvolutionSettings(evaluations=evaluations), seed=seed, log=log)

@@ -10,7 +10,7 @@
 - ``superkernel_groups.png``: per searched layer, the norms of the inner kernel vs each
   outer shell and of each channel group, at the start and at the end of the search.
 
-``spnasc search`` calls :func:`make_plots`; to redraw: ``python -m spnas_dsl.search_plots RUN_DIR``.
+``spnasc search`` calls :func:`make_plots`; to redraw: ``python -m spnas_dsl.search.plots RUN_DIR``.
 """
 
 from __future__ import annotations
