@@ -11,9 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Option
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Network, Option
+from spnas_dsl.ops import Site, op_for
+from spnas_dsl.shapes import NetworkShape, infer_shapes
 
-__all__ = ["BN_EPS", "BN_MOMENTUM", "batch_norm", "block_for", "mbconv", "set_batch_norm"]
+__all__ = ["BN_EPS", "BN_MOMENTUM", "batch_norm", "head_layers", "set_batch_norm", "stem_and_head", "stem_layers",
+           "torch_block"]
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -29,7 +32,7 @@ def set_batch_norm(module: nn.Module, eps: float, momentum: float) -> nn.Module:
 
 
 class ConvBnAct(nn.Module):
-    """k x k conv (no bias) + BN + ReLU; used as the stem."""
+    """k x k conv (no bias) + BN + ReLU (the base of :class:`ProjectionSkip`)."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int):
         super().__init__()
@@ -112,27 +115,31 @@ class ProjectionSkip(ConvBnAct):
         super().__init__(in_chs, out_chs, 1, stride)
 
 
-def mbconv(in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int) -> nn.Module:
-    """The block class for one MBConv option (expansion 1 has no expand conv)."""
-    if expansion == 1:
-        return DepthwiseSeparableConv(in_chs, out_chs, kernel, stride)
-    return InvertedResidual(in_chs, out_chs, kernel, stride, expansion)
+def torch_block(option: Option, site: Site) -> nn.Module | None:
+    """The module of one option at ``site`` (its op's, ``spnas_dsl.ops``); ``None`` for an identity skip."""
+    return op_for(option, site).torch_module(option, site)
 
 
-def block_for(option: Option, in_chs: int, out_chs: int, stride: int) -> nn.Module | None:
-    """The module of one option at a layer (the one place that maps an option kind to a block).
+def stem_layers(in_chs: int, out_chs: int, kernel: int, stride: int) -> dict[str, nn.Module]:
+    """The stem, by module name: ``conv_stem`` (k x k, stride), ``bn1``, ``act1``."""
+    return {"conv_stem": nn.Conv2d(in_chs, out_chs, kernel, stride, kernel // 2, bias=False),
+            "bn1": batch_norm(out_chs), "act1": nn.ReLU(inplace=True)}
 
-    ``None`` for an identity skip (the layer is left out); a projection skip where the
-    shape changes; a depthwise-separable block for e=1 without ``expand=always``; else an
-    inverted residual (grouped when ``option.groups > 1``).
-    """
-    if option.is_skip:
-        if option.project and (stride != 1 or in_chs != out_chs):
-            return ProjectionSkip(in_chs, out_chs, stride)
-        return None
-    if not option.has_expand_conv:
-        return DepthwiseSeparableConv(in_chs, out_chs, option.kernel, stride)
-    return InvertedResidual(in_chs, out_chs, option.kernel, stride, option.expansion, option.groups)
+
+def head_layers(in_chs: int, channels: int, classes: int, dropout: float) -> dict[str, nn.Module]:
+    """The head, by module name: 1x1 ``conv_head``, ``bn2``, ``act2``, ``global_pool``, ``flatten``,
+    ``dropout``, ``classifier`` (with bias)."""
+    return {"conv_head": nn.Conv2d(in_chs, channels, 1, bias=False), "bn2": batch_norm(channels),
+            "act2": nn.ReLU(inplace=True), "global_pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten(1),
+            "dropout": nn.Dropout(dropout), "classifier": nn.Linear(channels, classes)}
+
+
+def stem_and_head(network: Network, shapes: NetworkShape | None = None) -> tuple[dict, dict]:
+    """The stem and head modules of ``network`` (:func:`stem_layers`, :func:`head_layers`)."""
+    shapes = shapes or infer_shapes(network)
+    stem = stem_layers(shapes.input_hwc[2], shapes.stem_out[2], network.stem.kernel, network.stem.stride)
+    head = head_layers(shapes.head_in[2], shapes.head_channels, network.classes, network.head.dropout)
+    return stem, head
 
 
 class SinglePathNet(nn.Module):
@@ -140,22 +147,14 @@ class SinglePathNet(nn.Module):
     ``conv_stem, bn1, blocks.<stage>.<block>, conv_head, bn2, classifier``, so a state dict
     of ``examples/spnasnet.spnas`` has the key layout of timm's ``spnasnet_100``."""
 
-    def __init__(self, stem: tuple[int, int, int, int], blocks: list[list[nn.Module]],
-                 head: tuple[int, int], classes: int, dropout: float):
+    def __init__(self, network: Network, blocks: list[list[nn.Module]], shapes: NetworkShape | None = None):
         super().__init__()
-        in_chs, stem_chs, kernel, stride = stem
-        self.conv_stem = nn.Conv2d(in_chs, stem_chs, kernel, stride, kernel // 2, bias=False)
-        self.bn1 = batch_norm(stem_chs)
-        self.act1 = nn.ReLU(inplace=True)
+        stem, head = stem_and_head(network, shapes)
+        for name, module in stem.items():
+            self.add_module(name, module)
         self.blocks = nn.Sequential(*[nn.Sequential(*stage) for stage in blocks])
-        head_in, head_chs = head
-        self.conv_head = nn.Conv2d(head_in, head_chs, 1, bias=False)
-        self.bn2 = batch_norm(head_chs)
-        self.act2 = nn.ReLU(inplace=True)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(head_chs, classes)
+        for name, module in head.items():
+            self.add_module(name, module)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))

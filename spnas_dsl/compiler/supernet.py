@@ -31,12 +31,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, block_for, set_batch_norm
+from spnas_dsl.builder import BlockSite, build_blocks
+from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, set_batch_norm
 from spnas_dsl.compiler.indicators import LayerIndicators
-from spnas_dsl.compiler.nesting import check_nestable
+from spnas_dsl.compiler.nesting import check_space_nests
 from spnas_dsl.errors import LoweringError
-from spnas_dsl.ir import Layer, Network, Option
-from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.ir import Network, Option
+from spnas_dsl.passes import with_options
 
 
 class LatencyModel(Protocol):
@@ -317,14 +318,7 @@ class Supernet(nn.Module):
         super().__init__()
         self.space = space
         self.latency_graph = latency_graph
-        shapes = infer_shapes(space)
-        layout = SinglePathNet(  # the stem and head of the concrete network, adopted as they are
-            stem=(shapes.input_hwc[2], shapes.stem_out[2], space.stem.kernel, space.stem.stride),
-            blocks=blocks,
-            head=(shapes.head_in[2], shapes.head_channels),
-            classes=space.classes,
-            dropout=space.head.dropout,
-        )
+        layout = SinglePathNet(space, blocks)  # the stem and head of the concrete network, adopted as they are
         for name, module in layout.named_children():
             self.add_module(name, module)
 
@@ -400,14 +394,11 @@ class Supernet(nn.Module):
         return float(self.latency_graph.relaxed_latency(self.hard_indicators()))
 
     def derive(self, ir: Network | None = None) -> Network:
-        """The concrete network of the current decisions: ``ir`` (default: the space) with each
-        searched layer replaced by its chosen option (spans kept), the other layers unchanged."""
+        """The concrete network of the current decisions: ``passes.with_options`` of ``ir``
+        (default: the space, else an IR of the same macro-architecture) and :meth:`decisions`."""
         ir = self.space if ir is None else ir
         require_same_macro(self.space, ir)
-        chosen = self.decisions()
-        layers = [Layer.from_option(chosen[shape.index], span=shape.layer.span) if shape.index in chosen
-                  else shape.layer for shape in infer_shapes(ir).layers]
-        return ir.replace_layers(layers)
+        return with_options(ir, self.decisions())
 
     @torch.no_grad()
     def decision_report(self) -> list[dict[str, Any]]:
@@ -428,6 +419,17 @@ class Supernet(nn.Module):
         return report
 
 
+def supernet_block(site: BlockSite) -> nn.Module:
+    """The block factory of the supernet: every layer keeps its position (``blocks.<s>.<i>``):
+    a :class:`SuperMBConv` for a searched layer, the concrete block for a fixed one, ``nn.Identity``
+    for a fixed identity skip."""
+    shape, layer = site.shape, site.shape.layer
+    if not layer.is_searched:
+        return site.op.torch_module(site.option, site.site) or nn.Identity()
+    return SuperMBConv(shape.in_hwc[2], shape.out_hwc[2], shape.stride, layer.kernel.values, layer.expansion.values,
+                       layer.skip, index=shape.index, name=shape.name, expand_always=layer.expand_always)
+
+
 def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: LatencyModel | None = None) -> Supernet:
     """Build the single-path supernet of a search space.
 
@@ -436,22 +438,8 @@ def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: Latency
     ready ``latency_graph``. Raises :class:`LoweringError` (located on the ``e=<...>`` choice)
     when a layer's expansions cannot be nested.
     """
-    shapes = infer_shapes(ir)
-    stage_index = {s.name: i for i, s in enumerate(ir.stages)}
-    stages: list[list[nn.Module]] = [[] for _ in ir.stages]
-    for shape in shapes.layers:
-        layer = shape.layer
-        in_chs, out_chs = shape.in_hwc[2], shape.out_hwc[2]
-        if layer.is_searched:
-            check_nestable(layer, shape.changes_shape)
-            if layer.kernel is None:  # only reachable with alternatives check_nestable rejects
-                raise LoweringError("a searched layer needs an 'mbconv'", layer.span)
-            block: nn.Module = SuperMBConv(in_chs, out_chs, shape.stride, layer.kernel.values,
-                                           layer.expansion.values, layer.skip, index=shape.index, name=shape.name,
-                                           expand_always=layer.expand_always)
-        else:
-            block = block_for(layer.options[0], in_chs, out_chs, shape.stride) or nn.Identity()
-        stages[stage_index[shape.stage]].append(block)
+    check_space_nests(ir)
+    stages = build_blocks(ir, supernet_block)
     if latency_graph is None and target is not None:
         from spnas_dsl.latency.graph import LatencyGraph
 
