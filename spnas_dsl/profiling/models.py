@@ -69,13 +69,7 @@ def space_parts(space: Network) -> list[Part]:
 
 def network_parts(network: Network) -> list[str]:
     """The signatures a concrete network is made of (stem, each non-skipped layer, head)."""
-    shapes = infer_shapes(network)
-    sigs = [stem_signature(network, shapes)]
-    for shape in shapes.layers:
-        sig = layer_signature(shape, shape.layer.options[0])
-        if sig is not None:
-            sigs.append(sig)
-    return sigs + [head_signature(shapes)]
+    return [part.signature for part in concrete_parts(network)]
 
 
 # ---------------------------------------------------------------------------- concrete networks
@@ -247,8 +241,9 @@ def concrete_parts(network: Network) -> list[Part]:
     parts = [Part(stem_signature(network, shapes), "stem", ())]
     for shape in shapes.layers:
         option = shape.layer.options[0]
-        if layer_signature(shape, option) is not None:  # identity skips have no part
-            parts.append(Part(layer_signature(shape, option), "mbconv", (shape.index,), shape, option))
+        sig = layer_signature(shape, option)
+        if sig is not None:  # identity skips have no part
+            parts.append(Part(sig, "mbconv", (shape.index,), shape, option))
     return parts + [Part(head_signature(shapes), "head", ())]
 
 
