@@ -84,7 +84,7 @@ class Op:
         raise NotImplementedError
 
     def torch_module(self, option: Option, site: Site) -> nn.Module | None:
-        """The PyTorch block (``compiler.blocks``); ``None``: the layer is left out (identity)."""
+        """The PyTorch block (``ops.torch_blocks``); ``None``: the layer is left out (identity)."""
         raise NotImplementedError
 
     def keras(self, recorder: Any, x: Any, option: Option, site: Site) -> Any:

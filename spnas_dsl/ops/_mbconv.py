@@ -1,6 +1,6 @@
 """The MBConv family: inverted residual, depthwise-separable, e=1 with its expand conv, grouped.
 
-Torch blocks are ``compiler.blocks.InvertedResidual`` / ``DepthwiseSeparableConv`` (imported
+Torch blocks are ``ops.torch_blocks.InvertedResidual`` / ``DepthwiseSeparableConv`` (imported
 when a module is built); the Keras lowering goes through ``backends.keras``'s recorder.
 """
 
@@ -46,7 +46,7 @@ class InvertedResidualOp(Op):
         return f"mbconv:{site.text()}:{option}"
 
     def torch_module(self, option: Option, site: Site):
-        from spnas_dsl.compiler.blocks import InvertedResidual
+        from spnas_dsl.ops.torch_blocks import InvertedResidual
 
         return InvertedResidual(site.in_chs, site.out_chs, option.kernel, site.stride, option.expansion,
                                 option.groups)
@@ -122,7 +122,7 @@ class DepthwiseSeparableOp(Op):
         return f"mbconv:{site.text()}:{option}"
 
     def torch_module(self, option: Option, site: Site):
-        from spnas_dsl.compiler.blocks import DepthwiseSeparableConv
+        from spnas_dsl.ops.torch_blocks import DepthwiseSeparableConv
 
         return DepthwiseSeparableConv(site.in_chs, site.out_chs, option.kernel, site.stride)
 

@@ -58,7 +58,7 @@ class ProjectionSkipOp(Op):
         return f"proj:{site.text()}"
 
     def torch_module(self, option: Option, site: Site):
-        from spnas_dsl.compiler.blocks import ProjectionSkip
+        from spnas_dsl.ops.torch_blocks import ProjectionSkip
 
         return ProjectionSkip(site.in_chs, site.out_chs, site.stride)
 
