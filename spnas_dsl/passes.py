@@ -7,6 +7,7 @@ chosen options: the search's answer, a budget fit, a latency-graph query, a prof
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from spnas_dsl.errors import LoweringError, SpnasValidationError
 from spnas_dsl.ir import Layer, Network, Option
@@ -14,7 +15,7 @@ from spnas_dsl.printer import format_layer
 from spnas_dsl.shapes import infer_shapes
 from spnas_dsl.validate import validate
 
-__all__ = ["require_concrete", "with_options"]
+__all__ = ["require_concrete", "require_same_macro", "with_options"]
 
 
 def with_options(network: Network, options: Mapping[int, Option] | Sequence[Option]) -> Network:
@@ -58,4 +59,32 @@ def require_concrete(network: Network) -> None:
                 f"'{network.name}' is a search space, not a concrete network: layer {shape.index} "
                 f"({shape.name}) has {len(shape.layer.options)} candidates ({format_layer(shape.layer)})",
                 shape.layer.span,
+            )
+
+
+def require_same_macro(space: Network, network: Network) -> None:
+    """Raise :class:`LoweringError` unless ``network`` has the macro-architecture of ``space``.
+
+    Same input, classes, width, stem, head, and stages of the same names, widths, strides and
+    numbers of layers (the layers' candidates may differ).
+    """
+    def fail(what: str, span: Any) -> None:
+        raise LoweringError(
+            f"'{network.name}' does not have the macro-architecture of space '{space.name}': {what}",
+            span or network.span,
+        )
+
+    for field in ("input", "classes", "width_multiplier", "bn_eps", "bn_momentum", "stem", "head"):
+        mine, theirs = getattr(network, field), getattr(space, field)
+        if mine != theirs:
+            fail(f"{field} differs ({mine!s} vs {theirs!s})", getattr(mine, "span", None))
+    if len(network.stages) != len(space.stages):
+        fail(f"{len(network.stages)} stages vs {len(space.stages)}", None)
+    for mine, theirs in zip(network.stages, space.stages):
+        ours = (mine.name, mine.channels, mine.stride, len(mine.layers))
+        if ours != (theirs.name, theirs.channels, theirs.stride, len(theirs.layers)):
+            fail(
+                f"stage '{mine.name}' c={mine.channels} s={mine.stride} with {len(mine.layers)} layers vs "
+                f"stage '{theirs.name}' c={theirs.channels} s={theirs.stride} with {len(theirs.layers)} layers",
+                mine.span,
             )

@@ -367,11 +367,11 @@ def test_summary_of_a_broken_file(spnas_file, capsys):
 # -- no heavy imports, help --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["check", "fmt", "summary"])
+@pytest.mark.parametrize("command", ["check", "fmt", "summary", "check --for-search --target pixel1"])
 def test_front_end_does_not_import_torch_or_tensorflow(repo, command):
     code = (
         "import sys; from spnas_dsl.cli import main; "
-        f"status = main([{command!r}, 'spaces/mnasnet.spnas']); "
+        f"status = main({command.split()!r} + ['spaces/mnasnet.spnas']); "
         "assert status == 0, status; "
         "assert 'torch' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'"
     )

@@ -17,10 +17,11 @@ from torch import nn
 from spnas_dsl.builder import BlockSite
 from spnas_dsl.compiler.blocks import SinglePathNet
 from spnas_dsl.compiler.network import concrete_block, lower_to_network
-from spnas_dsl.compiler.supernet import SuperMBConv, Supernet, require_same_macro
+from spnas_dsl.compiler.superkernel import SuperMBConv
+from spnas_dsl.compiler.supernet import Supernet
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Network
-from spnas_dsl.passes import require_concrete
+from spnas_dsl.passes import require_concrete, require_same_macro
 from spnas_dsl.printer import format_layer
 from spnas_dsl.shapes import infer_shapes
 
