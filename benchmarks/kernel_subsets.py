@@ -44,12 +44,12 @@ _FAR_ON = -1e4  # a threshold every norm passes, with a saturated (zero) sigmoid
 def backbone(space, kernel: int):
     """The concrete network with every searched layer at (kernel, e6); fixed layers unchanged."""
     from spnas_dsl.ir import Option
-    from spnas_dsl.profiling.models import concrete
+    from spnas_dsl.passes import with_options
     from spnas_dsl.shapes import infer_shapes
 
     options = [Option(kernel=kernel, expansion=6) if s.layer.is_searched else s.layer.options[0]
                for s in infer_shapes(space).layers]
-    return concrete(space, options, name=f"{space.name}_k{kernel}e6")
+    return with_options(space, options).model_copy(update={"name": f"{space.name}_k{kernel}e6", "comments": ()})
 
 
 def searched_indices(space) -> list[int]:

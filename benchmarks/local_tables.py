@@ -53,13 +53,13 @@ QUICK = {"from_networks": 12, "heldout": 6, "calibrate": 4}
 
 def extreme_networks(space):
     """(largest, smallest): every layer at its option with the most / fewest multiply-adds (then parameters)."""
-    from spnas_dsl.profiling import models as M
+    from spnas_dsl.passes import with_options
     from spnas_dsl.shapes import infer_shapes, option_cost
 
     layers = infer_shapes(space).layers
 
     def pick(sign: int):
-        return M.concrete(space, [max(s.layer.options, key=lambda o, s=s: tuple(sign * c for c in
+        return with_options(space, [max(s.layer.options, key=lambda o, s=s: tuple(sign * c for c in
                                                                               option_cost(s, o)[::-1]))
                                   for s in layers])
 
@@ -88,6 +88,7 @@ def run_space(name: str, space_path: Path, measurer, *, count: int, heldout: int
     """Both builds and the common ground truth for one space; returns a JSON-ready dict."""
     from spnas_dsl.io import atomic_write_text
     from spnas_dsl.parser import load
+    from spnas_dsl.passes import with_options
     from spnas_dsl.profiling import lut as L
     from spnas_dsl.profiling import models as M
     from spnas_dsl.profiling.from_networks import build_from_networks
@@ -131,7 +132,7 @@ def run_space(name: str, space_path: Path, measurer, *, count: int, heldout: int
 
     # 4. ground truth: held-out random networks + the extremes, with drift anchors, in one run
     fit_meas = load_measurements(fn["measurements"], TARGET)
-    fit_nets = [M.concrete(space, opts) for opts in resolve(space, fit_meas)]
+    fit_nets = [with_options(space, opts) for opts in resolve(space, fit_meas)]
     fit_ms = {M.network_id(n): float(v) for n, v in zip(fit_nets, fit_meas.latency_ms)}
     cal = rep.table.calibration
     cal_ids = list(cal.networks) if cal.networks else []

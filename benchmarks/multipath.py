@@ -7,7 +7,7 @@ path with its own weights and the layer's output is a weighted sum of all paths:
     y = sum_o softmax(alpha)_o * path_o(x)
 
 Here every searched layer becomes a :class:`MixedOp` with one concrete block
-(``compiler.blocks.mbconv``) per (k, e) option and an identity path where skip is a
+(``compiler.blocks.torch_block``) per (k, e) option and an identity path where skip is a
 candidate; ``alpha`` (one architecture parameter per option, initialised to 0: uniform) is
 trained with the weights by one optimizer, as the single-path supernet's thresholds are. The
 stem, the fixed layers and the head are the concrete network's. With a target, ``forward``
@@ -32,10 +32,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from spnas_dsl.compiler.blocks import SinglePathNet, mbconv
-from spnas_dsl.compiler.network import lower_to_network
+from spnas_dsl.builder import BlockSite, build_blocks
+from spnas_dsl.compiler.blocks import SinglePathNet, torch_block
+from spnas_dsl.compiler.network import concrete_block, lower_to_network
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.ops import Site
 
 
 class MultiPathOutput(NamedTuple):
@@ -59,10 +60,9 @@ class MixedOp(nn.Module):
         self.options = list(options)
         self.paths = nn.ModuleDict()
         for option in self.options:
-            if option.is_skip:  # only where the layer keeps the shape (validated by the language)
-                self.paths[option_key(option)] = nn.Identity()
-            else:
-                self.paths[option_key(option)] = mbconv(in_chs, out_chs, option.kernel, stride, option.expansion)
+            # a skip is only an identity where the layer keeps the shape (validated by the language)
+            block = torch_block(option, Site((1, 1, in_chs), out_chs, stride))
+            self.paths[option_key(option)] = nn.Identity() if block is None else block
         self.alpha = nn.Parameter(torch.zeros(len(self.options)))  # architecture parameters
 
     def path_weights(self) -> torch.Tensor:
@@ -89,12 +89,7 @@ class MultiPathSupernet(nn.Module):
                  fixed_ms: float = 0.0, calibrate: Any = None):
         super().__init__()
         self.space = space
-        shapes = infer_shapes(space)
-        layout = SinglePathNet(
-            stem=(shapes.input_hwc[2], shapes.stem_out[2], space.stem.kernel, space.stem.stride),
-            blocks=blocks, head=(shapes.head_in[2], shapes.head_channels), classes=space.classes,
-            dropout=space.head.dropout,
-        )
+        layout = SinglePathNet(space, blocks)
         for name, module in layout.named_children():
             self.add_module(name, module)
         self.latency = latency
@@ -157,41 +152,31 @@ class MultiPathSupernet(nn.Module):
     def extract(self, concrete_ir: Network) -> SinglePathNet:
         """The concrete network with the weights of the chosen paths (and the shared stem,
         fixed layers and head); skipped layers are absent."""
-        net = lower_to_network(concrete_ir)
+        def block_with_weights(site: BlockSite) -> nn.Module | None:
+            block = concrete_block(site)
+            if block is not None:
+                source = self.blocks[site.stage][site.shape.position]
+                if isinstance(source, MixedOp):
+                    source = source.paths[option_key(site.option)]
+                block.load_state_dict(source.state_dict())
+            return block
+
+        net = lower_to_network(concrete_ir, block_with_weights)
         for name in ("conv_stem", "bn1", "conv_head", "bn2", "classifier"):
             net.get_submodule(name).load_state_dict(self.get_submodule(name).state_dict())
-        stage_index = {s.name: i for i, s in enumerate(concrete_ir.stages)}
-        kept = [0] * len(concrete_ir.stages)
-        for shape in infer_shapes(concrete_ir).layers:
-            option = shape.layer.options[0]
-            if option.is_skip:
-                continue
-            s = stage_index[shape.stage]
-            source = self.blocks[s][shape.position]
-            target = net.blocks[s][kept[s]]
-            kept[s] += 1
-            if isinstance(source, MixedOp):
-                source = source.paths[option_key(option)]
-            target.load_state_dict(source.state_dict())
         return net
 
 
 def lower_to_multipath(space: Network, target: Any = None) -> MultiPathSupernet:
     """Build the multi-path supernet of ``space`` (with the expected-latency term of ``target``)."""
-    shapes = infer_shapes(space)
-    stage_index = {s.name: i for i, s in enumerate(space.stages)}
-    stages: list[list[nn.Module]] = [[] for _ in space.stages]
-    for shape in shapes.layers:
-        layer = shape.layer
-        in_chs, out_chs = shape.in_hwc[2], shape.out_hwc[2]
-        if len(layer.options) > 1:
-            block: nn.Module = MixedOp(in_chs, out_chs, shape.stride, list(layer.options), shape.index, shape.name)
-        elif layer.options[0].is_skip:
-            block = nn.Identity()
-        else:
-            option = layer.options[0]
-            block = mbconv(in_chs, out_chs, option.kernel, shape.stride, option.expansion)
-        stages[stage_index[shape.stage]].append(block)
+    def block(site: BlockSite) -> nn.Module:
+        shape = site.shape
+        if shape.layer.is_searched:
+            return MixedOp(shape.in_hwc[2], shape.out_hwc[2], shape.stride, list(shape.layer.options), shape.index,
+                           shape.name)
+        return concrete_block(site) or nn.Identity()
+
+    stages = build_blocks(space, block)
     latency = None
     fixed = 0.0
     calibrate = None

@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from spnas_dsl.ir import Option  # noqa: F401  (options parse back from their text below)
     from spnas_dsl.parser import parse_text
+    from spnas_dsl.passes import with_options
     from spnas_dsl.printer import format_network
-    from spnas_dsl.profiling.models import concrete
 
     space = parse_text(SPACE.read_text(), filename=str(SPACE))
     root = R.RUNS / "search_quality"
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         n["params"], n["macs"] = cands.size(n["decisions"])
         n["trained_as"] = by_choice.setdefault(text, name)
         if n["trained_as"] == name:
-            net = concrete(space, cands.options(n["decisions"]), name=space.name)
+            net = with_options(space, cands.options(n["decisions"])).model_copy(update={"comments": ()})
             path = arch_dir / f"{name}.spnas"
             body = format_network(net)
             if not path.exists() or path.read_text() != body:

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from spnas_dsl.ir import Layer, Network, Option
+from spnas_dsl.ops import Site, op_for
 
 
 def round_channels(channels: int, multiplier: float, divisor: int = 8) -> int:
@@ -109,32 +110,17 @@ def infer_shapes(network: Network) -> NetworkShape:
 
 def is_identity(shape: LayerShape, option: Option) -> bool:
     """Whether ``option`` leaves the layer out: a skip that is not a projection where the shape changes."""
-    return option.is_skip and not (option.project and shape.changes_shape)
+    return op_for(option, Site.of(shape)).name == "identity"
 
 
 def option_cost(shape: LayerShape, option: Option) -> tuple[int, int]:
-    """(parameters, multiply-adds) of one layer for one option.
+    """(parameters, multiply-adds) of one layer for one option (its op's count, ``spnas_dsl.ops``).
 
     An identity skip costs nothing; a projection skip (``skip project=conv`` where the shape
     changes) is a 1x1 conv + BN. Grouped 1x1 convs have ``1/groups`` of the dense weights; the
     channel shuffle has none.
     """
-    (h, w, cin), (oh, ow, cout) = shape.in_hwc, shape.out_hwc
-    if option.is_skip:
-        if option.project and shape.changes_shape:
-            return cin * cout + 2 * cout, oh * ow * cin * cout
-        return 0, 0
-    k, e, g = option.kernel, option.expansion, option.groups
-    mid = cin * e
-    params = macs = 0
-    if option.has_expand_conv:  # 1x1 expand conv + BN
-        params += cin * mid // g + 2 * mid
-        macs += h * w * cin * mid // g
-    params += k * k * mid + 2 * mid  # depthwise + BN
-    macs += oh * ow * k * k * mid
-    params += mid * cout // g + 2 * cout  # 1x1 projection + BN
-    macs += oh * ow * mid * cout // g
-    return params, macs
+    return op_for(option, Site.of(shape)).cost(option, Site.of(shape))
 
 
 def fixed_cost(network: Network, shapes: NetworkShape) -> tuple[int, int]:

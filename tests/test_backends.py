@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from spnas_dsl.backends.parity import FLOAT_TOLERANCE, compare, random_batch
 from spnas_dsl.backends.timm import timm_arch_def, timm_config
 from spnas_dsl.backends.weights import initialise, load_weights, read_safetensors, save_weights
-from spnas_dsl.compiler.blocks import mbconv
+from spnas_dsl.compiler.blocks import torch_block
 from spnas_dsl.compiler.network import lower_to_network
 from spnas_dsl.errors import BuildError, CheckpointError, LoweringError
 from spnas_dsl.ir import InputSize, Layer, Network, Option
+from spnas_dsl.ops import Site
 from spnas_dsl.parser import load, parse_text
 from spnas_dsl.shapes import infer_shapes
 
@@ -35,6 +36,11 @@ TIMM_SPNASNET_100 = [
     ["ir_r4_k5_s2_e6_c192"],
     ["ir_r1_k3_s1_e6_c320_noskip"],
 ]
+
+
+def mbconv(in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int):
+    """The MBConv block of (kernel, expansion): depthwise-separable at e=1 (``ops`` registry)."""
+    return torch_block(Option(kernel=kernel, expansion=expansion), Site((1, 1, in_chs), out_chs, stride))
 
 
 @pytest.fixture(autouse=True, scope="module")

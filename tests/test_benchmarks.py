@@ -180,7 +180,7 @@ def test_search_cost_fit_and_step(tiny):
 def test_search_quality_samples_within_the_band():
     from benchmarks.search_quality import Candidates, sample_in_band
     from spnas_dsl.latency.graph import LatencyGraph
-    from spnas_dsl.search.budget import network_of
+    from spnas_dsl.passes import with_options
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")
     graph = LatencyGraph.build(space, "pixel1")
@@ -189,13 +189,13 @@ def test_search_quality_samples_within_the_band():
     assert len(picked) == 3 and drawn >= 3
     for d in picked:
         assert 75.0 <= cands.pricer(d) <= 80.0
-        assert cands.pricer(d) == pytest.approx(graph.predict(network_of(space, d)))
+        assert cands.pricer(d) == pytest.approx(graph.predict(with_options(space, d)))
 
 
 def test_search_quality_baselines_are_the_largest_in_the_band():
     from benchmarks.search_quality import Candidates
     from spnas_dsl.latency.graph import LatencyGraph
-    from spnas_dsl.search.budget import network_of
+    from spnas_dsl.passes import with_options
     from spnas_dsl.shapes import summarize
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")
@@ -204,10 +204,10 @@ def test_search_quality_baselines_are_the_largest_in_the_band():
     pool, how = cands.pool(75.0, 80.0, seed=0, limit=3000)
     assert pool and "uniform draws" in how
     for d in pool[:5]:  # the layers' sizes plus the common stem and head are the network's
-        net = summarize(network_of(space, d))
+        net = summarize(with_options(space, d))
         params, macs = cands.size(d)
-        assert net.params_min - params == summarize(network_of(space, pool[0])).params_min - cands.size(pool[0])[0]
-        assert net.macs_min - macs == summarize(network_of(space, pool[0])).macs_min - cands.size(pool[0])[1]
+        assert net.params_min - params == summarize(with_options(space, pool[0])).params_min - cands.size(pool[0])[0]
+        assert net.macs_min - macs == summarize(with_options(space, pool[0])).macs_min - cands.size(pool[0])[1]
 
 
 def test_kernel_subsets_sampler_and_extract_agree():

@@ -14,7 +14,8 @@ import pytest
 from spnas_dsl.ir import Option
 from spnas_dsl.latency.graph import LatencyGraph
 from spnas_dsl.parser import load
-from spnas_dsl.search.budget import fit_to_budget, network_of, option_value, relative_margin
+from spnas_dsl.passes import with_options
+from spnas_dsl.search.budget import fit_to_budget, option_value, relative_margin
 from spnas_dsl.search.proxy import kernel_decision_coverage
 from spnas_dsl.shapes import infer_shapes
 
@@ -71,11 +72,11 @@ def test_fit_is_the_best_network_of_the_band_by_exhaustive_search(fm_table):
     for options in itertools.product(*(layers[i].options for i in indices)):
         d = dict(zip(indices, options))
         everything.append((sum(option_value(layers[i], d[i], margins[i]) for i in indices),
-                           graph.predict(network_of(space, d)), d))
+                           graph.predict(with_options(space, d)), d))
     for budget in (5.5, 7.0, 9.0):
         fit = fit_to_budget(space, graph, answer_of(space, report), report, budget)
         assert fit.in_band and 0.98 * budget <= fit.latency_ms <= budget
-        assert fit.latency_ms == pytest.approx(graph.predict(network_of(space, fit.decisions)))
+        assert fit.latency_ms == pytest.approx(graph.predict(with_options(space, fit.decisions)))
         best = max(v for v, ms, _ in everything if 0.98 * budget <= ms <= budget)
         assert sum(option_value(layers[i], fit.decisions[i], margins[i]) for i in indices) == pytest.approx(best)
 
@@ -92,7 +93,7 @@ def test_fit_moves_both_ways_on_pixel1():
     for start, budget in ((largest, 80.0), (smallest, 80.0), (largest, 45.0), (smallest, 120.0)):
         fit = fit_to_budget(space, graph, start, report, budget)
         assert fit.in_band, fit.note
-        assert 0.98 * budget <= graph.predict(network_of(space, fit.decisions)) <= budget
+        assert 0.98 * budget <= graph.predict(with_options(space, fit.decisions)) <= budget
         assert fit.moves
         ups = [m for m in fit.moves if m.delta_ms > 0]
         assert ups if start is smallest else [m for m in fit.moves if m.delta_ms < 0]

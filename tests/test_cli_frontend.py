@@ -367,11 +367,11 @@ def test_summary_of_a_broken_file(spnas_file, capsys):
 # -- no heavy imports, help --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["check", "fmt", "summary"])
+@pytest.mark.parametrize("command", ["check", "fmt", "summary", "check --for-search --target pixel1"])
 def test_front_end_does_not_import_torch_or_tensorflow(repo, command):
     code = (
         "import sys; from spnas_dsl.cli import main; "
-        f"status = main([{command!r}, 'spaces/mnasnet.spnas']); "
+        f"status = main({command.split()!r} + ['spaces/mnasnet.spnas']); "
         "assert status == 0, status; "
         "assert 'torch' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'"
     )
@@ -482,3 +482,35 @@ def test_a_seed_out_of_range_is_a_usage_error(capsys, command, value):
         main([*command, "--seed", value])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"argument --seed: must be an integer from 0 to 4294967295, got '{value}'" in err
+
+
+# -- check --for-search: the rules the search enforces when it lowers a space ---------------
+
+NOT_NESTED = GOOD.replace("mbconv k=<3,5> e=<3,6>\n", "mbconv k=<3,5> e=<1,6>\n", 1)
+
+
+def test_check_for_search_reports_the_nesting_rule_located(spnas_file, capsys):
+    path = spnas_file(NOT_NESTED, "e16.spnas")
+    status, out, err = check(capsys, path)
+    assert status == 0 and "OK (search space" in out  # the language accepts it
+    status, out, err = check(capsys, "--for-search", path)
+    assert status == 2 and out == ""
+    assert_located(err, path, 10, 24, "expansions <1,6> cannot be nested as equal channel groups")
+
+
+def test_check_for_search_reports_every_layer_and_a_concrete_network(repo, capsys):
+    status, _, err = check(capsys, "--for-search", repo / "spaces" / "fbnet_cifar100.spnas")
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert status == 2 and len(lines) == 7  # one per line of text (a `4x` line once)
+    assert lines[0].startswith(f"{repo / 'spaces' / 'fbnet_cifar100.spnas'}:15:50: error: the supernet nests one")
+    status, _, err = check(capsys, "--for-search", repo / "examples" / "spnasnet.spnas")
+    assert status == 2 and "is a concrete network, not a search space: nothing to search" in err
+
+
+def test_check_for_search_with_a_target_checks_its_coverage(repo, capsys):
+    status, out, _ = check(capsys, "--for-search", "--target", "pixel1", repo / "spaces" / "mnasnet.spnas")
+    assert status == 0 and out.endswith("ready to search on pixel1)\n")
+    status, _, err = check(capsys, "--for-search", "--target", "pixel1", repo / "spaces" / "fashion_mnist.spnas")
+    assert status != 0 and ": error: target 'pixel1'" in err and "has no latency for" in err
+    status, _, err = check(capsys, "--target", "pixel1", repo / "spaces" / "mnasnet.spnas")
+    assert status == 2 and "--for-search" in err

@@ -16,6 +16,7 @@ from spnas_dsl.errors import TargetError, UsageError
 from spnas_dsl.ir import SKIP, Network, Option
 from spnas_dsl.latency import LatencyGraph, head_signature, layer_signature, parse_mbconv_signature, stem_signature
 from spnas_dsl.parser import load, parse_text
+from spnas_dsl.passes import with_options
 from spnas_dsl.shapes import infer_shapes
 from spnas_dsl.targets import load_target
 from spnas_dsl.targets.table import load_table, write_table
@@ -46,7 +47,7 @@ def corner(graph: LatencyGraph, option: Option) -> Network:
     """Every searched layer of the space set to ``option``."""
     options = [option if len(graph.node(i)["candidates"]) > 1 else graph.node(i)["candidates"][0]
                for i in graph.layer_keys()]
-    return graph.network_with(options)
+    return with_options(graph.network, options)
 
 
 def hard_indicators(space: Network, concrete: Network, requires_grad: bool = True) -> dict[int, LayerIndicators]:
@@ -138,8 +139,8 @@ def test_space_min_and_max(graph):
     assert graph.min_ms() == pytest.approx(expected_min)
     assert round(graph.min_ms(), 2) == 30.63
     assert round(graph.max_ms(), 2) == 131.46
-    assert graph.max_ms() == pytest.approx(graph.predict(graph.network_with(graph.largest())))
-    assert graph.min_ms() == pytest.approx(graph.predict(graph.network_with(graph.smallest())))
+    assert graph.max_ms() == pytest.approx(graph.predict(with_options(graph.network, graph.largest())))
+    assert graph.min_ms() == pytest.approx(graph.predict(with_options(graph.network, graph.smallest())))
     assert [str(o) for o in graph.largest()[1:21]] == ["k5e6"] * 20
     assert graph.smallest()[2] == SKIP
 
@@ -231,7 +232,7 @@ def test_relaxed_latency_at_hard_decisions_equals_predict(graph, space, which):
     if which == "spnasnet":
         net = load(SPNASNET)
     elif which == "smallest":
-        net = graph.network_with(graph.smallest())
+        net = with_options(graph.network, graph.smallest())
     else:
         net = corner(graph, Option(kernel=int(which[1]), expansion=int(which[3])))
     relaxed = graph.relaxed_latency(hard_indicators(space, net))

@@ -17,6 +17,7 @@ from spnas_dsl.cli import main
 from spnas_dsl.errors import TargetError
 from spnas_dsl.ir import SKIP, Option
 from spnas_dsl.parser import parse_text
+from spnas_dsl.passes import with_options
 from spnas_dsl.profiling import lut as L
 from spnas_dsl.profiling import models as M
 from spnas_dsl.profiling.timing import aggregate, percentile, process_factors, time_session
@@ -130,7 +131,7 @@ def test_space_parts_of_tiny(tiny):
 
 def test_network_ids_round_trip(tiny):
     _, space = tiny
-    net = M.concrete(space, [Option(kernel=5, expansion=3), SKIP])
+    net = with_options(space, [Option(kernel=5, expansion=3), SKIP])
     assert M.network_id(net) == "tiny:k5e3,skip"
     assert M.from_network_id(space, "tiny:k5e3,skip") == net
     assert M.network_parts(net) == ["conv:i32x32x3:o8:s2:k3", "mbconv:i16x16x8:o16:s2:k5e3", "head:i8x8x16:o32:c10"]
@@ -366,7 +367,7 @@ def test_latency_graph_and_search_use_the_built_table(host_table, tmp_path, monk
 
     space = parse_text(TINY, str(space_file))
     graph = LatencyGraph.build(space, "host-tflite")
-    net = M.concrete(space, [Option(kernel=5, expansion=3), SKIP])
+    net = with_options(space, [Option(kernel=5, expansion=3), SKIP])
     table = json.loads((folder / "targets" / "host-tflite.json").read_text())
     figures = {e["signature"]: e["latency_ms"] for e in table["entries"]}
     raw = sum(figures[s] for s in M.network_parts(net))

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from spnas_dsl.compiler.blocks import mbconv
+from spnas_dsl.compiler.blocks import torch_block
 from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.compiler.supernet import SuperKernel, SuperMBConv, Supernet, lower_to_supernet
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import SKIP, Network, Option
+from spnas_dsl.ops import Site
 from spnas_dsl.parser import parse_text
 from spnas_dsl.printer import format_network
 from spnas_dsl.shapes import infer_shapes
@@ -37,6 +38,11 @@ network wide {
     head conv c=32 dropout=0.0
 }
 """
+
+
+def mbconv(in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int):
+    """The MBConv block of (kernel, expansion): depthwise-separable at e=1 (``ops`` registry)."""
+    return torch_block(Option(kernel=kernel, expansion=expansion), Site((1, 1, in_chs), out_chs, stride))
 
 
 class FakeGraph:

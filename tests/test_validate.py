@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spnas_dsl.errors import SpnasErrors, SpnasValidationError
-from spnas_dsl.ir import Choice, Head, InputSize, Layer, Network, Stage, Stem
+from spnas_dsl.ir import SKIP, Choice, Head, InputSize, Layer, Network, Option, Stage, Stem
 from spnas_dsl.parser import parse_text
 from spnas_dsl.validate import validate
 
@@ -183,3 +183,34 @@ def test_validate_checks_the_total_stride():
     net = network(input=InputSize(height=1, width=32, channels=3))
     with pytest.raises(SpnasErrors, match="smaller than the network's total stride 2"):
         validate(net)
+
+
+# -- passes.with_options: the one way to make a concrete network, verified ------------------
+
+
+def test_with_options_sets_layers_keeps_the_rest_and_runs_the_verifier(monkeypatch):
+    from spnas_dsl import passes
+
+    space = network(stages=(Stage(name="a", channels=16, stride=1,
+                                  layers=(mbconv(k=(3, 5), skip=True), mbconv(k=(3, 5)))),))
+    verified = []
+    monkeypatch.setattr(passes, "validate", lambda net: verified.append(net) or net)
+    net = passes.with_options(space, {0: SKIP})
+    assert verified == [net]
+    assert net.stages[0].layers[0] == Layer(skip=True) and net.stages[0].layers[1] == space.stages[0].layers[1]
+    both = passes.with_options(space, [Option(kernel=5, expansion=6), Option(kernel=3, expansion=6)])
+    assert both.is_concrete and [str(layer.options[0]) for _, _, layer in both.iter_layers()] == ["k5e6", "k3e6"]
+
+
+def test_with_options_refuses_a_non_candidate_located_and_a_wrong_count():
+    from spnas_dsl.passes import with_options
+
+    space = parse_text("network n {\n  input 32x32x3\n  classes 10\n  stem conv k=3 c=16 s=2\n"
+                       "  stage a c=16 s=1 {\n    mbconv k=<3,5> e=6 | skip\n  }\n  head conv c=32\n}\n", "n.spnas")
+    with pytest.raises(SpnasValidationError, match=r"k7e6 is not a candidate of layer 0 \(a.0\)") as info:
+        with_options(space, {0: Option(kernel=7, expansion=6)})
+    assert (info.value.span.file, info.value.span.line) == ("n.spnas", 6)
+    with pytest.raises(SpnasValidationError, match="2 choices for the 1 layers"):
+        with_options(space, [SKIP, SKIP])
+    with pytest.raises(SpnasValidationError, match="no layer 3"):
+        with_options(space, {3: SKIP})

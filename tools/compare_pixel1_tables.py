@@ -19,6 +19,7 @@ import numpy as np
 
 from spnas_dsl.latency.graph import LatencyGraph
 from spnas_dsl.parser import load
+from spnas_dsl.passes import with_options
 from spnas_dsl.profiling.models import random_networks
 from spnas_dsl.targets.fit import spearman
 
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     space = load(ROOT / "spaces" / "mnasnet.spnas")
     sp, px = LatencyGraph.build(space, "pixel1"), LatencyGraph.build(space, "pixel1-proxylessnas")
     named = [("spnasnet", load(ROOT / "examples" / "spnasnet.spnas")),
-             ("largest (pixel1)", sp.network_with(sp.largest())),
-             ("smallest (pixel1)", sp.network_with(sp.smallest()))]
+             ("largest (pixel1)", with_options(space, sp.largest())),
+             ("smallest (pixel1)", with_options(space, sp.smallest()))]
     print("| network | pixel1 ms | pixel1-proxylessnas ms | ratio pixel1 / proxylessnas |")
     print("|---|---:|---:|---:|")
     for name, net in named:

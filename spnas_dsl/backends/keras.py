@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from spnas_dsl.compiler.blocks import BN_EPS, BN_MOMENTUM
+from spnas_dsl.builder import BlockSite, build_blocks
 from spnas_dsl.errors import BuildError
-from spnas_dsl.ir import Network, Option
-from spnas_dsl.shapes import infer_shapes, is_identity
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Network, Option
+from spnas_dsl.ops import Site, op_for
+from spnas_dsl.passes import require_concrete
+from spnas_dsl.shapes import infer_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -132,28 +134,9 @@ def _stem(r: _Recorder, x, kernel: int, channels: int, stride: int):
     return r.relu(r.bn(x, "bn1"), "act1")
 
 
-def _block(r: _Recorder, x, in_chs: int, out_chs: int, option: Option, stride: int):
-    """One option's block (see ``compiler.blocks.block_for``); ``x`` unchanged for an identity skip."""
-    inp = x
-    if option.is_skip:
-        if option.project and (stride != 1 or in_chs != out_chs):  # ProjectionSkip (ConvBnAct)
-            x = r.conv(x, "conv", out_chs, 1, stride)
-            return r.relu(r.bn(x, "bn"), "act")
-        return x
-    kernel, g = option.kernel, option.groups
-    if not option.has_expand_conv:  # DepthwiseSeparableConv
-        x = r.relu(r.bn(r.depthwise(x, "conv_dw", kernel, stride), "bn1"), "act1")
-        x = r.bn(r.conv(x, "conv_pw", out_chs, 1), "bn2")
-    else:  # InvertedResidual (grouped 1x1 convs and a shuffle when g > 1)
-        mid = in_chs * option.expansion
-        x = r.relu(r.bn(r.grouped_pointwise(x, "conv_pw", mid, g), "bn1"), "act1")
-        if g > 1:
-            x = r.shuffle(x, "shuffle", g)
-        x = r.relu(r.bn(r.depthwise(x, "conv_dw", kernel, stride), "bn2"), "act2")
-        x = r.bn(r.grouped_pointwise(x, "conv_pwl", out_chs, g), "bn3")
-    if stride == 1 and in_chs == out_chs:
-        x = r.keras.layers.Add(name=r._name("add"))([inp, x])
-    return x
+def _block(r: _Recorder, x, option: Option, site: Site):
+    """One option's block: its op's Keras lowering (``spnas_dsl.ops``); ``x`` itself for an identity skip."""
+    return op_for(option, site).keras(r, x, option, site)
 
 
 def _head(r: _Recorder, x, channels: int, classes: int, dropout: float):
@@ -180,24 +163,21 @@ def _finish(keras, inputs, outputs, records, name: str, state_dict) -> keras.Mod
 def build_keras_model(network: Network, state_dict: dict | None = None) -> keras.Model:
     """The Keras model (NHWC, batch 1) of a concrete network; with ``state_dict`` (the PyTorch
     network's, e.g. ``lower_to_network(net).state_dict()``) its weights are copied in."""
-    from spnas_dsl.compiler.network import require_concrete
-
     require_concrete(network)
     keras = import_keras()
     shapes = infer_shapes(network)
     r = _Recorder(keras, bn_eps=network.bn_eps, bn_momentum=network.bn_momentum)
     inputs = _input(keras, shapes.input_hwc)
     x = _stem(r, inputs, network.stem.kernel, shapes.stem_out[2], network.stem.stride)
-    stage_index = {s.name: i for i, s in enumerate(network.stages)}
-    block_index = [0] * len(network.stages)
-    for shape in shapes.layers:
-        option = shape.layer.options[0]
-        if is_identity(shape, option):
-            continue  # an identity skip: absent from the PyTorch blocks too
-        si = stage_index[shape.stage]
-        child = r.child(f"blocks.{si}.{block_index[si]}.")
-        block_index[si] += 1
-        x = _block(child, x, shape.in_hwc[2], shape.out_hwc[2], option, shape.stride)
+
+    def block(site: BlockSite):
+        nonlocal x
+        if site.op.name == "identity":
+            return None  # absent from the PyTorch blocks too
+        x = _block(r.child(site.prefix), x, site.option, site.site)
+        return x
+
+    build_blocks(network, block, shapes)
     x = _head(r, x, shapes.head_channels, shapes.classes, network.head.dropout)
     return _finish(keras, inputs, x, r.records, _keras_name(network.name), state_dict)
 
@@ -214,14 +194,15 @@ def build_keras_stem(input_hwc: tuple[int, int, int], kernel: int, channels: int
 def build_keras_mbconv(in_hwc: tuple[int, int, int], out_channels: int, option: Option, stride: int,
                        state_dict: dict | None = None) -> keras.Model:
     """One MBConv option at input shape ``in_hwc`` (H, W, C). ``state_dict`` has the block's own
-    keys (``conv_pw.weight, bn1.weight, ...``, as in ``blocks.mbconv(...).state_dict()``).
+    keys (``conv_pw.weight, bn1.weight, ...``, as in ``blocks.torch_block(...).state_dict()``).
     A skip option has no model: it costs nothing."""
-    if option.is_skip and not (option.project and (stride != 1 or in_hwc[2] != out_channels)):
+    site = Site(tuple(in_hwc), out_channels, stride)
+    if op_for(option, site).name == "identity":
         raise BuildError("a skip layer has no model to build (it is the identity)")
     keras = import_keras()
     r = _Recorder(keras)
     inputs = _input(keras, in_hwc)
-    x = _block(r, inputs, in_hwc[2], out_channels, option, stride)
+    x = _block(r, inputs, option, site)
     name = f"mbconv_{option}_s{stride}"
     return _finish(keras, inputs, x, r.records, name, state_dict)
 

@@ -20,48 +20,40 @@ from __future__ import annotations
 
 import json
 
+from spnas_dsl.builder import BlockSite, build_blocks
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network
+from spnas_dsl.ops import op_for
+from spnas_dsl.passes import require_concrete
 from spnas_dsl.shapes import infer_shapes, total_stride
-
-
-def block_string(kernel: int, expansion: int, stride: int, channels: int, repeat: int = 1,
-                 expand_conv: bool | None = None) -> str:
-    """timm's string for ``repeat`` MBConv blocks (``ds`` for a depthwise-separable block, i.e.
-    expansion 1 without ``expand=always``, else ``ir``: timm's ``ir`` keeps its 1x1 conv at e1)."""
-    if expand_conv is None:
-        expand_conv = expansion != 1
-    if not expand_conv:
-        return f"ds_r{repeat}_k{kernel}_s{stride}_c{channels}"
-    return f"ir_r{repeat}_k{kernel}_s{stride}_e{expansion}_c{channels}"
 
 
 def timm_arch_def(network: Network) -> list[list[str]]:
     """The block strings of a concrete network, one list per stage (channels after the width
-    multiplier). A stage whose layers are all skipped keeps an empty list, so that
+    multiplier): each op's ``timm_string`` (``spnas_dsl.ops``), identical consecutive blocks
+    folded into ``r<N>``. A stage whose layers are all skipped keeps an empty list, so that
     ``blocks.<stage>`` indices stay those of our PyTorch module."""
-    from spnas_dsl.compiler.network import require_concrete
-
     require_concrete(network)
-    shapes = infer_shapes(network)
-    stages: dict[str, list[list]] = {s.name: [] for s in network.stages}  # [kernel, exp, stride, chs, repeat]
-    for shape in shapes.layers:
-        option = shape.layer.options[0]
-        if option.groups != 1 or (option.is_skip and option.project and shape.changes_shape):
-            what = "grouped 1x1 convolutions (g=)" if option.groups != 1 else "a projection skip (skip project=conv)"
-            raise BuildError(f"timm's block strings cannot express {what}: layer {shape.index} ({shape.name}) "
-                             f"is {option}; export to pytorch, onnx or tflite instead", shape.layer.span)
-        if option.is_skip:
-            continue
-        runs = stages[shape.stage]
-        stride = shape.stride if not runs else 1
-        key = [option.kernel, option.expansion, option.has_expand_conv, stride, shape.out_hwc[2]]
+    stages: list[list[list]] = [[] for _ in network.stages]  # per stage: [option, site, repeat]
+
+    def block(site: BlockSite):
+        op, option = site.op, site.option
+        if op.timm_unsupported is not None:
+            raise BuildError(f"timm's block strings cannot express {op.timm_unsupported}: layer {site.shape.index} "
+                             f"({site.shape.name}) is {option}; export to pytorch, onnx or tflite instead",
+                             site.shape.layer.span)
+        if op.name == "identity":
+            return None
+        runs = stages[site.stage]
         # a run may start with the stage's stride-2 block: timm strides only its first block
-        if runs and runs[-1][0:3] == key[0:3] and runs[-1][4] == key[4] and stride == 1:
-            runs[-1][5] += 1
+        if runs and runs[-1][0] == option and runs[-1][1].out_chs == site.site.out_chs and site.site.stride == 1:
+            runs[-1][2] += 1
         else:
-            runs.append(key + [1])
-    return [[block_string(k, e, s, c, r, x) for k, e, x, s, c, r in stages[st.name]] for st in network.stages]
+            runs.append([option, site.site, 1])
+        return site
+
+    build_blocks(network, block)
+    return [[op_for(o, s).timm_string(o, s, r) for o, s, r in runs] for runs in stages]
 
 
 def timm_config(network: Network) -> dict:

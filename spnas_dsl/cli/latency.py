@@ -47,6 +47,7 @@ def _report(graph, rows) -> dict[str, Any]:
 def run(args) -> int:
     from spnas_dsl.latency.graph import LatencyGraph
     from spnas_dsl.parser import load
+    from spnas_dsl.passes import with_options
     from spnas_dsl.targets import load_target
 
     network = load(args.file)
@@ -58,7 +59,7 @@ def run(args) -> int:
         report["latency_ms"] = _ms(graph.predict())
     else:
         largest = graph.largest()
-        rows = graph.breakdown(graph.network_with(largest))
+        rows = graph.breakdown(with_options(network, largest))
         report = _report(graph, rows)
         report.update(latency_ms_min=_ms(graph.min_ms()), latency_ms_max=_ms(graph.max_ms()),
                       largest=[str(o) for o in largest], smallest=[str(o) for o in graph.smallest()])

@@ -14,13 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spnas_dsl.builder import BlockSite
 from spnas_dsl.compiler.blocks import SinglePathNet
-from spnas_dsl.compiler.network import lower_to_network, require_concrete
-from spnas_dsl.compiler.supernet import SuperMBConv, Supernet, require_same_macro
+from spnas_dsl.compiler.network import concrete_block, lower_to_network
+from spnas_dsl.compiler.superkernel import SuperMBConv
+from spnas_dsl.compiler.supernet import Supernet
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Network
+from spnas_dsl.passes import require_concrete, require_same_macro
 from spnas_dsl.printer import format_layer
-from spnas_dsl.shapes import infer_shapes, is_identity
+from spnas_dsl.shapes import infer_shapes
 
 _STEM_AND_HEAD = ("conv_stem", "bn1", "conv_head", "bn2", "classifier")
 
@@ -58,20 +61,18 @@ def extract(supernet: Supernet, concrete_ir: Network) -> SinglePathNet:
     """The concrete network ``concrete_ir`` (one candidate of the supernet's space per layer)
     with the supernet's weights sliced out; BN running statistics are copied too."""
     check_choices(supernet.space, concrete_ir)
-    net = lower_to_network(concrete_ir)
+
+    def block_with_weights(site: BlockSite) -> nn.Module | None:
+        block = concrete_block(site)
+        if block is not None:
+            source = supernet.blocks[site.stage][site.shape.position]
+            if isinstance(source, SuperMBConv):
+                _copy_slices(source, block)
+            else:  # a fixed layer: the same block class on both sides
+                block.load_state_dict(source.state_dict())
+        return block
+
+    net = lower_to_network(concrete_ir, block_with_weights)
     for name in _STEM_AND_HEAD:
         net.get_submodule(name).load_state_dict(supernet.get_submodule(name).state_dict())
-    stage_index = {s.name: i for i, s in enumerate(concrete_ir.stages)}
-    kept = [0] * len(concrete_ir.stages)  # concrete blocks so far per stage (skipped layers are absent)
-    for shape in infer_shapes(concrete_ir).layers:
-        if is_identity(shape, shape.layer.options[0]):
-            continue
-        s = stage_index[shape.stage]
-        source = supernet.blocks[s][shape.position]
-        target = net.blocks[s][kept[s]]
-        kept[s] += 1
-        if isinstance(source, SuperMBConv):
-            _copy_slices(source, target)
-        else:  # a fixed layer: the same block class on both sides
-            target.load_state_dict(source.state_dict())
     return net

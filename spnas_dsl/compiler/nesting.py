@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 from spnas_dsl.errors import LoweringError
-from spnas_dsl.ir import Layer
+from spnas_dsl.ir import Layer, Network
+from spnas_dsl.ops import Site, op_for
+from spnas_dsl.shapes import infer_shapes
 
-__all__ = ["check_nestable"]
+__all__ = ["check_nestable", "check_space_nests", "nesting_errors"]
+
+
+def nesting_errors(network: Network) -> list[LoweringError]:
+    """The nesting error of every searched layer that the supernet cannot lower, in layer order."""
+    errors = []
+    for shape in infer_shapes(network).layers:
+        if shape.layer.is_searched:
+            try:
+                check_nestable(shape.layer, shape.changes_shape)
+            except LoweringError as exc:
+                errors.append(exc)
+    return errors
+
+
+def check_space_nests(network: Network) -> None:
+    """Raise the first nesting error of ``network`` (``lower_to_supernet``'s rule, torch-free)."""
+    errors = nesting_errors(network)
+    if errors:
+        raise errors[0]
 
 
 def check_nestable(layer: Layer, changes_shape: bool = False) -> None:
     """Raise :class:`LoweringError` unless the layer's options nest in one superkernel.
 
-    Kernel sets of odd sizes always nest as shells. Expansions nest when every one is a
+    Kernel sets of odd sizes always nest as shells. An op that is a second path (its registry
+    entry's ``nests`` says why) is rejected. Expansions nest when every one is a
     multiple of the smallest and the smallest is > 1 or the layer writes ``expand=always`` (e=1
     without its expand conv cannot share a superkernel with larger expansions); a lone e=1 is
     fine. Grouped 1x1 convs, several ``mbconv`` alternatives and a projection skip where the
@@ -24,18 +46,11 @@ def check_nestable(layer: Layer, changes_shape: bool = False) -> None:
             "different g= or expand=) is a second path, not a weight subset; search a space without it",
             layer.more[0].span,
         )
-    if layer.groups is not None:
-        raise LoweringError(
-            "the supernet does not search grouped 1x1 convolutions (g=): a grouped conv is not a "
-            "channel subset of the dense one; drop g= from searched layers",
-            layer.groups.span,
-        )
-    if layer.skip and layer.skip_project and changes_shape:
-        raise LoweringError(
-            "the supernet cannot search 'skip project=conv' where the shape changes: the 1x1 projection "
-            "is a second path, not a weight subset of the block; drop the skip from this layer",
-            layer.span,
-        )
+    site = Site((1, 1, 1), 2 if changes_shape else 1, 1)  # only whether the shape changes matters here
+    for option in layer.options:
+        op = op_for(option, site)
+        if op.nests is not None:
+            raise LoweringError(op.nests, op.nest_span(layer))
     choice = layer.expansion
     if choice is None or choice.is_singleton:
         return

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from spnas_dsl.errors import TargetError, UsageError
-from spnas_dsl.ir import SKIP, Layer, Network, Option
+from spnas_dsl.ir import SKIP, Network, Option
 from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.shapes import infer_shapes
 from spnas_dsl.targets import Target, load_target
@@ -325,10 +325,6 @@ class LatencyGraph:
     def smallest(self) -> list[Option]:
         """The fastest option of each layer (ties: smaller kernel, then expansion, skip first)."""
         return self._per_layer(-1)
-
-    def network_with(self, options: list[Option]) -> Network:
-        """The concrete network of this macro-architecture with one option per layer."""
-        return self.network.replace_layers([Layer.from_option(o) for o in options])
 
     # ------------------------------------------------------------------ differentiable
     def relaxed_latency(self, indicators: dict[int, LayerIndicators]) -> torch.Tensor:

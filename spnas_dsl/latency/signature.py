@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from spnas_dsl.ir import Network, Option
+from spnas_dsl.ops import Site, op_for
 from spnas_dsl.shapes import LayerShape, NetworkShape
 
 # Any ``op:field:field...`` string: tables may hold ops this version does not build.
@@ -30,12 +31,10 @@ def _hwc(hwc: tuple[int, int, int]) -> str:
 
 
 def mbconv_signature(in_hwc: tuple[int, int, int], out_channels: int, stride: int, option: Option) -> str | None:
-    """Signature of one option on an input of ``in_hwc``; ``None`` for an identity skip."""
-    if option.is_skip:
-        if option.project and (stride != 1 or in_hwc[2] != out_channels):
-            return f"proj:i{_hwc(in_hwc)}:o{out_channels}:s{stride}"
-        return None
-    return f"mbconv:i{_hwc(in_hwc)}:o{out_channels}:s{stride}:{option}"
+    """Signature of one option on an input of ``in_hwc`` (its op's, ``spnas_dsl.ops``); ``None``
+    for an identity skip."""
+    site = Site(tuple(in_hwc), out_channels, stride)
+    return op_for(option, site).signature(option, site)
 
 
 def layer_signature(shape: LayerShape, option: Option) -> str | None:

@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spnas_dsl.errors import TargetError, UsageError
+from spnas_dsl.errors import SpnasError, TargetError
 from spnas_dsl.io import atomic_write_bytes
-from spnas_dsl.ir import Layer, Network, Option
+from spnas_dsl.ir import Network, Option
 from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
+from spnas_dsl.ops import Site
+from spnas_dsl.passes import with_options
 from spnas_dsl.shapes import LayerShape, infer_shapes
 
 BUILDER_VERSION = "1"
@@ -67,13 +69,7 @@ def space_parts(space: Network) -> list[Part]:
 
 def network_parts(network: Network) -> list[str]:
     """The signatures a concrete network is made of (stem, each non-skipped layer, head)."""
-    shapes = infer_shapes(network)
-    sigs = [stem_signature(network, shapes)]
-    for shape in shapes.layers:
-        sig = layer_signature(shape, shape.layer.options[0])
-        if sig is not None:
-            sigs.append(sig)
-    return sigs + [head_signature(shapes)]
+    return [part.signature for part in concrete_parts(network)]
 
 
 # ---------------------------------------------------------------------------- concrete networks
@@ -87,17 +83,9 @@ def network_id(network: Network, space_name: str | None = None) -> str:
     return f"{space_name or network.name}:" + ",".join(str(o) for o in choices(network))
 
 
-def concrete(space: Network, options: Iterable[Option], name: str | None = None) -> Network:
-    """The network of ``space`` with these options, one per layer."""
-    options = list(options)
-    shapes = infer_shapes(space).layers
-    if len(options) != len(shapes):
-        raise UsageError(f"{len(options)} choices for the {len(shapes)} layers of '{space.name}'")
-    for shape, option in zip(shapes, options):
-        if option not in shape.layer.options:
-            raise UsageError(f"{option} is not a candidate of layer {shape.index} ({shape.name}) of '{space.name}'")
-    net = space.replace_layers([Layer.from_option(o) for o in options])
-    return net.model_copy(update={"name": name or space.name, "comments": ()})
+def _bare(network: Network) -> Network:
+    """A profiled network without the space's comments (they describe the space)."""
+    return network.model_copy(update={"comments": ()})
 
 
 def from_network_id(space: Network, text: str) -> Network:
@@ -108,9 +96,8 @@ def from_network_id(space: Network, text: str) -> Network:
     from spnas_dsl.latency.graph import as_option
 
     try:
-        options = [as_option(t) for t in rest.split(",")]
-        return concrete(space, options)
-    except UsageError as exc:
+        return _bare(with_options(space, [as_option(t) for t in rest.split(",")]))
+    except SpnasError as exc:
         raise TargetError(f"network '{text}' does not fit space '{space.name}': {exc.message}") from None
 
 
@@ -127,7 +114,7 @@ def random_networks(space: Network, count: int, seed: int, exclude: Iterable[str
     tries = 0
     while len(out) < limit and tries < 100 * count + 1000:
         tries += 1
-        net = concrete(space, [rng.choice(s.layer.options) for s in shapes])
+        net = _bare(with_options(space, [rng.choice(s.layer.options) for s in shapes]))
         key = network_id(net)
         if key not in seen:
             seen.add(key)
@@ -196,19 +183,16 @@ def _part_input(space: Network, part: Part) -> tuple[int, int, int]:
 
 
 def _torch_part(space: Network, part: Part):
+    from collections import OrderedDict
+
     from torch import nn
 
-    from spnas_dsl.compiler.blocks import ConvBnAct, batch_norm, block_for
+    from spnas_dsl.compiler.blocks import stem_and_head, torch_block
 
-    shapes = infer_shapes(space)
-    if part.kind == "stem":
-        return ConvBnAct(shapes.input_hwc[2], shapes.stem_out[2], space.stem.kernel, space.stem.stride)
-    if part.kind == "head":
-        c_in, c = shapes.head_in[2], shapes.head_channels
-        return nn.Sequential(nn.Conv2d(c_in, c, 1, bias=False), batch_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(1), nn.Linear(c, shapes.classes))
-    s, o = part.shape, part.option
-    return block_for(o, s.in_hwc[2], s.out_hwc[2], s.stride)
+    if part.kind == "mbconv":
+        return torch_block(part.option, Site.of(part.shape))
+    stem, head = stem_and_head(space)
+    return nn.Sequential(OrderedDict(stem if part.kind == "stem" else head))
 
 
 def _onnx_bytes(module, input_hwc: tuple[int, int, int]) -> bytes:
@@ -257,8 +241,9 @@ def concrete_parts(network: Network) -> list[Part]:
     parts = [Part(stem_signature(network, shapes), "stem", ())]
     for shape in shapes.layers:
         option = shape.layer.options[0]
-        if layer_signature(shape, option) is not None:  # identity skips have no part
-            parts.append(Part(layer_signature(shape, option), "mbconv", (shape.index,), shape, option))
+        sig = layer_signature(shape, option)
+        if sig is not None:  # identity skips have no part
+            parts.append(Part(sig, "mbconv", (shape.index,), shape, option))
     return parts + [Part(head_signature(shapes), "head", ())]
 
 

@@ -7,7 +7,7 @@
 - :mod:`~spnas_dsl.search.control`: :class:`LambdaController`, the thresholds' learning rate.
 - :mod:`~spnas_dsl.search.methods`: ``--method`` (:data:`METHODS`): what is picked at the end.
 - :mod:`~spnas_dsl.search.budget`: :func:`fit_to_budget` (the network into the budget band),
-  :func:`network_of`, :func:`latency_percentile`.
+  :func:`latency_percentile` (a network from decisions: :func:`spnas_dsl.passes.with_options`).
 - :mod:`~spnas_dsl.search.selection`: ``--method evolution`` (:func:`evolve`, :class:`SupernetScorer`).
 - :mod:`~spnas_dsl.search.proxy`: kernel decisions a training image size cannot inform.
 - :mod:`~spnas_dsl.search.report`: ``search.json`` and the header of ``arch.spnas``.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spnas_dsl.ir import Layer, Network, Option
+from spnas_dsl.passes import with_options
 from spnas_dsl.shapes import infer_shapes
 
 Decisions = dict[int, Option]  # searched layer index -> its option
@@ -177,16 +178,8 @@ def _result(space, graph, layers, margins, decisions, chosen, budget, floor_ms, 
             moves.append(BudgetMove(index, str(before), str(after),
                                     graph.option_latency(index, after) - graph.option_latency(index, before),
                                     option_value(layer, after, m) - option_value(layer, before, m)))
-    latency = graph.predict(network_of(space, chosen))
+    latency = graph.predict(with_options(space, chosen))
     return BudgetFit(chosen, latency, budget, floor_ms, in_band, moves, note)
-
-
-def network_of(space: Network, decisions: dict[int, Option]) -> Network:
-    """The concrete network of ``space`` with each searched layer set to its decision."""
-    layers = [Layer.from_option(decisions[s.index], span=s.layer.span) if s.index in decisions else s.layer
-              for s in infer_shapes(space).layers]
-    return space.replace_layers(layers)
-
 
 
 def latency_percentile(space: Network, graph, percent: float, samples: int = 20_000, seed: int = 0) -> float:
