@@ -59,6 +59,7 @@ from spnas_dsl.budget import DEFAULT_FLOOR, BudgetFit, fit_to_budget, network_of
 from spnas_dsl.errors import CheckpointError, SpnasError, UsageError
 from spnas_dsl.io import atomic_write_text
 from spnas_dsl.ir import Network
+from spnas_dsl.targets.registry import DEFAULT_TARGET
 
 CHECKPOINT = "checkpoint.pt"
 BN_RECALIBRATION_BATCHES = 20
@@ -78,7 +79,7 @@ class SearchDiverged(SpnasError):
 @dataclass
 class SearchConfig:
     space: str  # path of the .spnas search space
-    target: str = "pixel1"
+    target: str = DEFAULT_TARGET  # a name: resolved once, by run_search (load_target)
     data: str = "fashion-mnist"
     data_dir: str | None = None
     subset: int | None = None

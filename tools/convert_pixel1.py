@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from spnas_dsl.ir import Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.parser import load
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.targets.table import Entry, FixedGroup, LatencyTable, write_table
 
 REPO = Path(__file__).resolve().parent.parent

@@ -32,10 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from spnas_dsl.compiler.blocks import SinglePathNet, batch_norm, block_for, set_batch_norm
-from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.compiler.nesting import check_nestable
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Layer, Network, Option
+from spnas_dsl.latency.indicators import LayerIndicators
 from spnas_dsl.shapes import infer_shapes
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from spnas_dsl.errors import TargetError, UsageError
 from spnas_dsl.io import atomic_write_bytes
 from spnas_dsl.ir import Layer, Network, Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.shapes import LayerShape, infer_shapes
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
 BUILDER_VERSION = "1"
 

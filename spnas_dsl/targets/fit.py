@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.shapes import infer_shapes, option_cost
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
 LAMBDAS = (1e-6, 1e-3, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
 
