@@ -74,7 +74,7 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
                 sub = f"{base}.{alias.name}"
                 found.append((node.lineno, sub if (PACKAGE.parent / sub.replace(".", "/")).exists()
                               or (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists() else base))
-    return found
+    return sorted(set(found))
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
