@@ -37,6 +37,7 @@ from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import Layer, Network, Option
 from spnas_dsl.latency.indicators import LayerIndicators
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets.registry import Target
 
 
 class LatencyModel(Protocol):
@@ -428,10 +429,10 @@ class Supernet(nn.Module):
         return report
 
 
-def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: LatencyModel | None = None) -> Supernet:
+def lower_to_supernet(ir: Network, target: Target | None = None, *, latency_graph: LatencyModel | None = None) -> Supernet:
     """Build the single-path supernet of a search space.
 
-    ``target`` (a name like ``"pixel1"`` or a Target object) builds the latency graph that
+    ``target`` (a Target, resolved by the command with ``load_target``) builds the latency graph that
     prices the decisions (``Supernet.forward`` then returns the relaxed latency); or pass a
     ready ``latency_graph``. Raises :class:`LoweringError` (located on the ``e=<...>`` choice)
     when a layer's expansions cannot be nested.
