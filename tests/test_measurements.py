@@ -150,7 +150,7 @@ def test_tiny_search_on_fbnet_targets(tmp_path, target):
     found = load(out / "arch.spnas")
     assert found.is_concrete
     result = json.loads((out / "search.json").read_text())["result"]
-    assert LatencyGraph.build(found, target).predict() == pytest.approx(result["latency_ms"], rel=1e-6)
+    assert LatencyGraph.build(found, load_target(target)).predict() == pytest.approx(result["latency_ms"], rel=1e-6)
     assert len(infer_shapes(found).layers) == 22
 
 

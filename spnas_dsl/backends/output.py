@@ -39,8 +39,8 @@ def prepare_output(out_dir: Path, force: bool = False) -> tuple[Path, list[Path]
             created.append(folder)
         if not parent.is_dir():
             raise NotADirectoryError(20, f"{parent} is not a directory")
-        target = out_dir if out_dir.exists() else parent
-        if not os.access(target, os.W_OK | os.X_OK):
+        writable = out_dir if out_dir.exists() else parent
+        if not os.access(writable, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name or 'build'}.", suffix=".partial", dir=parent))
         umask = os.umask(0o022)
