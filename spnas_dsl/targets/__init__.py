@@ -6,7 +6,7 @@
 - :mod:`~spnas_dsl.targets.signature`: the layer signatures that key a table;
 - :mod:`~spnas_dsl.targets.cache`: the user cache of local tables;
 - :mod:`~spnas_dsl.targets.listing`: ``spnasc targets``;
-- ``measurements``, ``fit``, ``score``: whole-network measurements, ``lut fit``, ``lut validate``.
+- ``measurements``, ``fit``: whole-network measurement files, and ``lut fit`` (a table fitted to them).
 """
 
 from spnas_dsl.targets.cache import cache_dir, local_table_path
