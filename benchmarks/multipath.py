@@ -19,7 +19,7 @@ This module is a benchmark baseline, not part of the compiler: it exists to meas
 multi-path search costs (time per step, memory, parameters) on the same space.
 
     from benchmarks.multipath import lower_to_multipath
-    net = lower_to_multipath(space, target="pixel1")
+    net = lower_to_multipath(space, target=load_target("pixel1"))
     out = net(x)                            # MultiPathOutput(logits, latency_ms)
     out = net(x, net.one_hot(decisions))    # every layer's path weights fixed to one option
     concrete = net.extract(concrete_ir)     # that option's paths as a SinglePathNet
@@ -184,7 +184,7 @@ def lower_to_multipath(space: Network, target: Any = None) -> MultiPathSupernet:
         from spnas_dsl.latency.graph import LatencyGraph
 
         graph = LatencyGraph.build(space, target)
-        latency = {i: {o: graph.option_latency(i, o) for o in graph.node(i)["candidates"]} for i in graph.searched()}
+        latency = {i: {o: graph.option_latency(i, o) for o in graph.node(i).candidates} for i in graph.searched()}
         fixed = graph.fixed_ms
         calibrate = graph.calibrate
     return MultiPathSupernet(space, stages, latency, fixed, calibrate)

@@ -55,7 +55,7 @@ def table_covers(space_path: Path, table: Path | None) -> bool:
 
     space = parse_text(space_path.read_text(), filename=str(space_path))
     try:
-        LatencyGraph.build(space, load_target(str(table)) if table is not None else TARGET)
+        LatencyGraph.build(space, load_target(str(table) if table is not None else TARGET))
         return True
     except SpnasError:
         return False

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from benchmarks import _results as R
+from spnas_dsl.targets.registry import DEFAULT_TARGET
 
 SPACE = R.REPO / "spaces" / "mnasnet.spnas"
 MODELS = ("single-path supernet", "largest network", "multi-path supernet")
@@ -62,8 +63,10 @@ def build_model(which: str, space, target: str | None) -> nn.Module:
     from benchmarks.supernet_cost import largest_network
     from spnas_dsl.compiler.network import lower_to_network
     from spnas_dsl.compiler.supernet import lower_to_supernet
+    from spnas_dsl.targets import load_target
 
     torch.manual_seed(0)
+    target = load_target(target) if target is not None else None  # the name resolved once, here
     if which == "single":
         return lower_to_supernet(space, target=target)
     if which == "largest":
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="batch sizes of the memory fit (default 8 32; quick 4 16)")
     parser.add_argument("--budget-gib", type=float, default=16.0,
                         help="memory budget of the largest-batch extrapolation (default 16 GiB: an accelerator's)")
-    parser.add_argument("--target", default="pixel1", help="latency table of both supernets ('none': no term)")
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="latency table of both supernets ('none': no term)")
     parser.add_argument("--measure-memory", choices=["single", "largest", "multi"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     R.set_threads(args.threads)

@@ -72,9 +72,10 @@ def ensure_table(space, threads: int, work: Path) -> tuple[object, float | None,
     the space. Returns (graph, seconds spent building or None, note)."""
     from spnas_dsl.errors import TargetError
     from spnas_dsl.latency.graph import LatencyGraph
+    from spnas_dsl.targets import load_target
 
     try:
-        return LatencyGraph.build(space, TARGET), None, "existing table"
+        return LatencyGraph.build(space, load_target(TARGET)), None, "existing table"
     except TargetError as exc:
         reason = str(exc).splitlines()[0]
     print(f"[table] {reason}\n[table] building: spnasc lut build {SPACE.relative_to(R.REPO)} --target {TARGET}")
@@ -82,7 +83,7 @@ def ensure_table(space, threads: int, work: Path) -> tuple[object, float | None,
     code, seconds = spnasc(["lut", "build", str(SPACE), "--target", TARGET, "--processes", "4"], log, threads)
     if code != 0:
         raise SystemExit(f"spnasc lut build failed ({code}):\n{tail(log)}")
-    return LatencyGraph.build(space, TARGET), seconds, "built by this benchmark"
+    return LatencyGraph.build(space, load_target(TARGET)), seconds, "built by this benchmark"
 
 
 class Candidates:

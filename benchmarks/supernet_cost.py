@@ -24,6 +24,7 @@ from spnas_dsl.compiler.network import lower_to_network
 from spnas_dsl.compiler.supernet import Supernet, lower_to_supernet
 from spnas_dsl.ir import Layer, Network, Option
 from spnas_dsl.parser import parse_text
+from spnas_dsl.targets import load_target
 
 SPACE = Path(__file__).resolve().parents[1] / "spaces" / "mnasnet.spnas"
 LAMBDA = 0.02  # the paper's lambda; the latency term only adds its (small) graph cost
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     space = parse_text(SPACE.read_text(), filename=str(SPACE))
     torch.manual_seed(0)
     try:
-        supernet = lower_to_supernet(space, target="pixel1")
+        supernet = lower_to_supernet(space, target=load_target("pixel1"))
         latency = "with the pixel1 latency term"
     except ImportError:
         supernet = lower_to_supernet(space)

@@ -9,6 +9,7 @@ from benchmarks import _results as R
 from spnas_dsl.ir import Option
 from spnas_dsl.parser import parse_text
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets import load_target
 
 TINY = """
 network tiny {
@@ -151,8 +152,8 @@ def test_multipath_expected_latency_at_one_hot_is_the_table_prediction():
     from spnas_dsl.profiling.models import choices, random_networks
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")
-    net = lower_to_multipath(space, target="pixel1").eval()
-    graph = LatencyGraph.build(space, "pixel1")
+    net = lower_to_multipath(space, target=load_target("pixel1")).eval()
+    graph = LatencyGraph.build(space, load_target("pixel1"))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         for concrete in random_networks(space, 2, seed=5):
@@ -183,7 +184,7 @@ def test_search_quality_samples_within_the_band():
     from spnas_dsl.passes import with_options
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")
-    graph = LatencyGraph.build(space, "pixel1")
+    graph = LatencyGraph.build(space, load_target("pixel1"))
     cands = Candidates(space, graph)
     picked, drawn = sample_in_band(cands, 3, 75.0, 80.0, seed=0)  # the paper's band
     assert len(picked) == 3 and drawn >= 3
@@ -199,7 +200,7 @@ def test_search_quality_baselines_are_the_largest_in_the_band():
     from spnas_dsl.shapes import summarize
 
     space = parse_text((R.REPO / "spaces" / "mnasnet.spnas").read_text(), "mnasnet.spnas")
-    graph = LatencyGraph.build(space, "pixel1")
+    graph = LatencyGraph.build(space, load_target("pixel1"))
     cands = Candidates(space, graph)
     pool, how = cands.pool(75.0, 80.0, seed=0, limit=3000)
     assert pool and "uniform draws" in how

@@ -18,6 +18,7 @@ from spnas_dsl.passes import with_options
 from spnas_dsl.search.budget import fit_to_budget, option_value, relative_margin
 from spnas_dsl.search.proxy import kernel_decision_coverage
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_search import FM_SPACE, MNASNET, TINY, one_thread, search, write_table  # noqa: F401
@@ -61,7 +62,7 @@ def test_relative_margin():
 def test_fit_is_the_best_network_of_the_band_by_exhaustive_search(fm_table):
     """On the 8,000-network space: the fit's choice is the most valued network in the band."""
     space = load(FM_SPACE)
-    graph = LatencyGraph.build(space, str(fm_table))
+    graph = LatencyGraph.build(space, load_target(str(fm_table)))
     report = random_report(space, seed=3)
     from spnas_dsl.search.budget import margins_of
 
@@ -84,7 +85,7 @@ def test_fit_is_the_best_network_of_the_band_by_exhaustive_search(fm_table):
 def test_fit_moves_both_ways_on_pixel1():
     """From the largest network down to the band, and from the smallest one up to it."""
     space = load(MNASNET)
-    graph = LatencyGraph.build(space, "pixel1")
+    graph = LatencyGraph.build(space, load_target("pixel1"))
     report = random_report(space, seed=1)
     largest = dict(zip(graph.layer_keys(), graph.largest()))
     smallest = dict(zip(graph.layer_keys(), graph.smallest()))
@@ -101,7 +102,7 @@ def test_fit_moves_both_ways_on_pixel1():
 
 def test_fit_outside_the_space_says_so():
     space = load(MNASNET)
-    graph = LatencyGraph.build(space, "pixel1")
+    graph = LatencyGraph.build(space, load_target("pixel1"))
     report = random_report(space, seed=2)
     answer = answer_of(space, report)
     over = fit_to_budget(space, graph, answer, report, graph.max_ms() * 1.5)
@@ -125,7 +126,7 @@ def test_search_lands_in_the_band_fashion_mnist(fm_table, tmp_path, capsys, budg
     ms = data["result"]["latency_ms"]
     assert 0.98 * budget <= ms <= budget
     assert f"latency budget: {budget:g} ms" in text and "budget fit:" in text and f"method: {method}" in text
-    graph = LatencyGraph.build(load(FM_SPACE), str(fm_table))
+    graph = LatencyGraph.build(load(FM_SPACE), load_target(str(fm_table)))
     assert graph.predict(load(tmp_path / "o" / "arch.spnas")) == pytest.approx(ms)
     if method == "evolution":
         sel = data["result"]["selection"]
@@ -178,7 +179,7 @@ def test_percentile_budget_is_resolved_on_the_table(fm_table, tmp_path, capsys):
     from spnas_dsl.search.budget import latency_percentile
 
     space = load(FM_SPACE)
-    graph = LatencyGraph.build(space, str(fm_table))
+    graph = LatencyGraph.build(space, load_target(str(fm_table)))
     p40 = latency_percentile(space, graph, 40)
     assert graph.min_ms() < p40 < graph.max_ms()
     code, _out, err = search(FM_SPACE, "--target", fm_table, *TINY, "--epochs", "1", "--latency-budget", "40%",

@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO
 from test_backends import TIMM_SPNASNET_100, one_torch_thread  # noqa: F401 (autouse fixture)
 
+from spnas_dsl.backends import EXPORTERS
 from spnas_dsl.backends.parity import FLOAT_TOLERANCE, random_batch
 from spnas_dsl.backends.weights import sha256_file
 from spnas_dsl.cli import main
@@ -72,8 +73,10 @@ def small_build(small_file, tmp_path_factory):
     with open(shared / "small_build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "build.json").exists():
+            others = [arg for name in EXPORTERS if name not in ("pytorch", "onnx", "tflite", "timm")
+                      for arg in ("--to", name)]  # every registered exporter is built here
             code, stdout, stderr = run_cli("build", small_file, "--to", "pytorch", "--to", "onnx,tflite", "--to",
-                                           "timm", "--int8", "--data", "synthetic:256", "--eval-samples", "64",
+                                           "timm", *others, "--int8", "--data", "synthetic:256", "--eval-samples", "64",
                                            "--calib-samples", "32", "--out", out)
             assert code == 0, stderr
             (shared / "small_build.stdout").write_text(stdout)
@@ -102,6 +105,17 @@ def test_build_lists_every_file_with_size_and_hash(small_build):
     assert "note: no --weights" in stdout and "built small_fm" in stdout
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
     assert "held-out" in stdout and "int8" in stdout
+
+
+def test_every_registered_exporter_builds_with_parity(small_build):
+    """Registry-wide (docs/compiler.md, "How to add an exporter"): every ``--to`` exporter ran, wrote a
+    file, and every float artifact is within the parity tolerance of PyTorch's outputs."""
+    _, manifest, _ = small_build
+    assert set(manifest["targets"]) == set(EXPORTERS)
+    assert set(EXPORTERS) <= {a["backend"] for a in manifest["artifacts"]}
+    tolerance = manifest["parity"]["tolerance"]
+    checked = [a for a in manifest["artifacts"] if a.get("parity_checked")]
+    assert checked and all(p["relative"] <= tolerance for a in checked for p in a["parity"].values())
 
 
 def test_float_artifacts_match_pytorch(small_build):

@@ -21,6 +21,7 @@ from spnas_dsl.ir import Layer, Option
 from spnas_dsl.parser import load, parse_text
 from spnas_dsl.printer import format_network
 from spnas_dsl.shapes import infer_shapes, summarize
+from spnas_dsl.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 FBNET = ROOT / "spaces" / "fbnet_cifar100.spnas"
@@ -152,7 +153,7 @@ def test_shipped_mnasnet_files_keep_their_meaning():
 
     net = load(ROOT / "examples" / "spnasnet.spnas")
     assert summarize(net).params_min == 4_421_616
-    assert round(LatencyGraph.build(net, "pixel1").predict(), 2) == 80.44
+    assert round(LatencyGraph.build(net, load_target("pixel1")).predict(), 2) == 80.44
     space = summarize(load(ROOT / "spaces" / "mnasnet.spnas"))
     assert (space.params_min, space.params_max) == (2_457_384, 4_833_768)
 

@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from spnas_dsl.cli import main
-from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.errors import TargetError, UsageError
 from spnas_dsl.ir import SKIP, Network, Option
-from spnas_dsl.latency import LatencyGraph, head_signature, layer_signature, parse_mbconv_signature, stem_signature
+from spnas_dsl.latency import LatencyGraph
+from spnas_dsl.latency.indicators import LayerIndicators
 from spnas_dsl.parser import load, parse_text
 from spnas_dsl.passes import with_options
 from spnas_dsl.shapes import infer_shapes
 from spnas_dsl.targets import load_target
+from spnas_dsl.targets.signature import head_signature, layer_signature, parse_mbconv_signature, stem_signature
 from spnas_dsl.targets.table import load_table, write_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,12 +41,12 @@ def space() -> Network:
 
 @pytest.fixture(scope="module")
 def graph(space) -> LatencyGraph:
-    return LatencyGraph.build(space, "pixel1")
+    return LatencyGraph.build(space, load_target("pixel1"))
 
 
 def corner(graph: LatencyGraph, option: Option) -> Network:
     """Every searched layer of the space set to ``option``."""
-    options = [option if len(graph.node(i)["candidates"]) > 1 else graph.node(i)["candidates"][0]
+    options = [option if len(graph.node(i).candidates) > 1 else graph.node(i).candidates[0]
                for i in graph.layer_keys()]
     return with_options(graph.network, options)
 
@@ -103,12 +104,12 @@ def test_graph_structure(graph):
     assert graph.order[0] == "stem" and graph.order[-1] == "head" and graph.layer_keys() == list(range(22))
     assert graph.graph.number_of_edges() == 23
     node = graph.node(2)
-    assert node["op"] == "mbconv" and node["in_hwc"] == (56, 56, 24) and node["out_channels"] == 24
-    assert node["stride"] == 1 and [str(o) for o in node["candidates"]] == ["k3e3", "k3e6", "k5e3", "k5e6", "skip"]
-    assert node["latency_ms"][Option(kernel=5, expansion=6)] == table_ms(2, "k5e6")
-    assert node["latency_ms"][SKIP] == 0.0
+    assert node.op == "mbconv" and node.in_hwc == (56, 56, 24) and node.out_channels == 24
+    assert node.stride == 1 and [str(o) for o in node.candidates] == ["k3e3", "k3e6", "k5e3", "k5e6", "skip"]
+    assert node.latency_ms[Option(kernel=5, expansion=6)] == table_ms(2, "k5e6")
+    assert node.latency_ms[SKIP] == 0.0
     assert graph.searched() == list(range(1, 21))
-    assert [graph.node(k)["fixed_group"] for k in ("stem", 0, 21, "head")] == [0, 0, 0, 0]
+    assert [graph.node(k).fixed_group for k in ("stem", 0, 21, "head")] == [0, 0, 0, 0]
 
 
 # ---------------------------------------------------------------- check figures (paper)
@@ -120,7 +121,7 @@ def test_fixed_ms_is_the_group(graph):
 def test_spnasnet_predicts_80_44(graph):
     assert round(graph.predict(load(SPNASNET)), 2) == 80.44
     # a graph of the concrete network itself gives the same figure
-    assert round(LatencyGraph.build(load(SPNASNET), "pixel1").predict(), 2) == 80.44
+    assert round(LatencyGraph.build(load(SPNASNET), load_target("pixel1")).predict(), 2) == 80.44
 
 
 @pytest.mark.parametrize("option, expected", [("k5e6", 131.46), ("k3e6", 110.65), ("k3e3", 65.69)])
@@ -181,7 +182,7 @@ def test_mean_rule_for_a_signature_at_another_position(capsys, tmp_path):
     # five layers in stage s24: every later layer sits one position after where pixel1 measured it
     text = SPNASNET.read_text().replace("3x mbconv k=3 e=3\n        skip", "5x mbconv k=3 e=3")
     net = parse_text(text, "five.spnas")
-    g = LatencyGraph.build(net, "pixel1")
+    g = LatencyGraph.build(net, load_target("pixel1"))
     rows = {r.index: r for r in g.breakdown()}
     assert rows[4].rule == "position" and rows[4].latency_ms == table_ms(4, "k3e3")
     mean = sum(table_ms(i, "k3e3") for i in (2, 3, 4)) / 3  # the signature of layers 2-4, at position 5
@@ -197,7 +198,7 @@ def test_mean_rule_for_a_signature_at_another_position(capsys, tmp_path):
 
 def test_missing_signatures_are_all_listed():
     with pytest.raises(TargetError) as info:
-        LatencyGraph.build(load(FASHION), "pixel1")
+        LatencyGraph.build(load(FASHION), load_target("pixel1"))
     message = str(info.value)
     shapes = infer_shapes(load(FASHION))
     assert "conv:i28x28x1:o16:s1:k3" in message and "head:i4x4x64:o256:c10" in message
@@ -215,7 +216,7 @@ def test_calibration_applies_to_predict_extremes_and_relaxed(tmp_path, space):
         update={"scale": 1.25, "offset_ms": -3.0, "networks": ["spnasnet"]})})
     path = tmp_path / "pixel1-cal.json"
     write_table(path, calibrated)
-    plain = LatencyGraph.build(space, "pixel1")
+    plain = LatencyGraph.build(space, load_target("pixel1"))
     cal = LatencyGraph.build(space, load_target(str(path)))
     net = load(SPNASNET)
     assert cal.predict(net) == pytest.approx(1.25 * plain.predict(net) - 3.0)
@@ -272,7 +273,7 @@ def test_relaxed_latency_needs_every_searched_layer(graph, space):
 
 
 def test_relaxed_latency_of_a_concrete_network_is_constant():
-    g = LatencyGraph.build(load(SPNASNET), "pixel1")
+    g = LatencyGraph.build(load(SPNASNET), load_target("pixel1"))
     assert float(g.relaxed_latency({})) == pytest.approx(g.predict())
 
 

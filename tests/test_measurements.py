@@ -64,7 +64,7 @@ def test_cli_fit_writes_a_target_that_latency_validate_and_search_read(tmp_path,
     space = load(FBNET)
     options = resolve(space, load_measurements(path, "dev"))[0]
     net = space.replace_layers([Layer.from_option(o) for o in options])
-    predicted = LatencyGraph.build(net, str(table)).predict()
+    predicted = LatencyGraph.build(net, load_target(str(table))).predict()
     assert predicted == pytest.approx(data["latency_ms"]["dev"][0] - prov["residuals_ms"][0], abs=1e-4)
     plot = tmp_path / "fig7.png"
     assert main(["lut", "validate", str(FBNET), "--target", str(table), "--measurements", str(path),
@@ -150,7 +150,7 @@ def test_tiny_search_on_fbnet_targets(tmp_path, target):
     found = load(out / "arch.spnas")
     assert found.is_concrete
     result = json.loads((out / "search.json").read_text())["result"]
-    assert LatencyGraph.build(found, target).predict() == pytest.approx(result["latency_ms"], rel=1e-6)
+    assert LatencyGraph.build(found, load_target(target)).predict() == pytest.approx(result["latency_ms"], rel=1e-6)
     assert len(infer_shapes(found).layers) == 22
 
 
@@ -174,7 +174,7 @@ def test_pixel1_proxylessnas_is_the_authors_table():
     assert converted.entries == shipped.entries
     assert all(e.count and e.var is not None for e in shipped.entries)
     net = load(ROOT / "examples" / "spnasnet.spnas")
-    rows = {r.name: r for r in LatencyGraph.build(net, "pixel1-proxylessnas").breakdown()}
+    rows = {r.name: r for r in LatencyGraph.build(net, load_target("pixel1-proxylessnas")).breakdown()}
     assert rows["stem"].latency_ms == pytest.approx(_yaml_mean("Conv-input:224x224x3-output:112x112x32"))
     assert rows["head"].latency_ms == pytest.approx(_yaml_mean("Conv_1-input:7x7x320-output:7x7x1280")
                                                     + _yaml_mean("Logits-input:7x7x1280-output:1000"))
@@ -185,8 +185,8 @@ def test_pixel1_proxylessnas_is_the_authors_table():
     from spnas_dsl.parser import parse_text
 
     k7 = parse_text(text)
-    assert LatencyGraph.build(k7, "pixel1-proxylessnas").max_ms() > LatencyGraph.build(
-        load(ROOT / "spaces" / "mnasnet.spnas"), "pixel1-proxylessnas").max_ms()
+    assert LatencyGraph.build(k7, load_target("pixel1-proxylessnas")).max_ms() > LatencyGraph.build(
+        load(ROOT / "spaces" / "mnasnet.spnas"), load_target("pixel1-proxylessnas")).max_ms()
 
 
 @pytest.mark.slow
@@ -197,7 +197,7 @@ def test_tiny_search_on_pixel1_proxylessnas(tmp_path):
                  "--warmup-epochs", "0", "--quiet", "--out", str(out)]) == 0
     found = load(out / "arch.spnas")
     result = json.loads((out / "search.json").read_text())["result"]
-    assert LatencyGraph.build(found, "pixel1-proxylessnas").predict() == pytest.approx(result["latency_ms"], rel=1e-6)
+    assert LatencyGraph.build(found, load_target("pixel1-proxylessnas")).predict() == pytest.approx(result["latency_ms"], rel=1e-6)
 
 
 TINY_SPACE = """\

@@ -22,8 +22,8 @@ from spnas_dsl.compiler.nesting import check_nestable
 from spnas_dsl.compiler.supernet import SuperMBConv
 from spnas_dsl.errors import BuildError, LoweringError
 from spnas_dsl.ir import Choice, Layer, Option
-from spnas_dsl.latency.signature import is_signature, parse_mbconv_signature
 from spnas_dsl.ops import OPS, Op, Site, op_for, register
+from spnas_dsl.targets.signature import is_signature, parse_mbconv_signature
 
 CASES = [pytest.param(op, option, site, id=f"{name}-{option}-{site.text()}")
          for name, op in OPS.items() for option, site in op.examples()]

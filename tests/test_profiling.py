@@ -21,6 +21,7 @@ from spnas_dsl.passes import with_options
 from spnas_dsl.profiling import lut as L
 from spnas_dsl.profiling import models as M
 from spnas_dsl.profiling.timing import aggregate, percentile, process_factors, time_session
+from spnas_dsl.targets import load_target
 
 TINY = """
 network tiny {
@@ -366,7 +367,7 @@ def test_latency_graph_and_search_use_the_built_table(host_table, tmp_path, monk
     from spnas_dsl.latency.graph import LatencyGraph
 
     space = parse_text(TINY, str(space_file))
-    graph = LatencyGraph.build(space, "host-tflite")
+    graph = LatencyGraph.build(space, load_target("host-tflite"))
     net = with_options(space, [Option(kernel=5, expansion=3), SKIP])
     table = json.loads((folder / "targets" / "host-tflite.json").read_text())
     figures = {e["signature"]: e["latency_ms"] for e in table["entries"]}

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from spnas_dsl.cli import main
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.parser import load
 from spnas_dsl.shapes import infer_shapes, option_cost
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
 REPO = Path(__file__).resolve().parent.parent
 FM_SPACE = REPO / "spaces" / "fashion_mnist.spnas"

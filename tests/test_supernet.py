@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from spnas_dsl.compiler.blocks import torch_block
-from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.compiler.supernet import SuperKernel, SuperMBConv, Supernet, lower_to_supernet
 from spnas_dsl.errors import LoweringError
 from spnas_dsl.ir import SKIP, Network, Option
+from spnas_dsl.latency.indicators import LayerIndicators
 from spnas_dsl.ops import Site
 from spnas_dsl.parser import parse_text
 from spnas_dsl.printer import format_network
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets import load_target
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
 
@@ -347,7 +348,7 @@ def test_derive_rejects_another_macro_architecture(fashion):
                     reason="spnas_dsl.latency.graph is not there yet")
 def test_pixel1_target_on_mnasnet():
     """The real latency graph: all-largest start at 131.46 ms (reference check figure)."""
-    supernet = lower_to_supernet(load("mnasnet.spnas"), target="pixel1")
+    supernet = lower_to_supernet(load("mnasnet.spnas"), target=load_target("pixel1"))
     assert supernet.latency_ms() == pytest.approx(131.46, abs=0.01)
     indicators = {b.index: b.indicators() for b in supernet.searched_blocks()}
     supernet.latency_graph.relaxed_latency(indicators).backward()

@@ -13,7 +13,7 @@ import pytest
 
 from spnas_dsl.cli import main
 from spnas_dsl.errors import TargetError
-from spnas_dsl.targets import list_targets, local_table_path, resolve_spec
+from spnas_dsl.targets import list_targets, load_target, local_table_path, resolve_spec
 from spnas_dsl.targets.table import LatencyTable, parse_table, write_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_a_search_stops_on_a_bad_calibration_before_training(tmp_path):
     table = tmp_path / "neg.json"
     table.write_text(pixel1_text(offset_ms="-1000.0"))
     with pytest.raises(TargetError, match="predictions must be positive"):
-        lower_to_supernet(load(REPO / "spaces" / "mnasnet.spnas"), target=str(table))
+        lower_to_supernet(load(REPO / "spaces" / "mnasnet.spnas"), target=load_target(str(table)))
 
 
 @pytest.mark.parametrize("bad", [DEEP, HUGE_INT, pixel1_text(scale="Infinity")], ids=["deep", "huge-int", "inf-scale"])

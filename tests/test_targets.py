@@ -239,6 +239,22 @@ def test_known_targets_are_data():
         assert spec.name == name and spec.threads >= 1 and spec.device and spec.runtime
 
 
+@pytest.mark.parametrize("name", [n for n, s in KNOWN_TARGETS.items() if s.table is not None])
+def test_every_shipped_target_is_listed_and_prices_its_space(name, capsys):
+    """Registry-wide (docs/compiler.md, "How to add a target"): a new shipped table is checked for free."""
+    from spnas_dsl.latency import LatencyGraph
+    from spnas_dsl.parser import load
+
+    spec = KNOWN_TARGETS[name]
+    assert main(["targets", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["targets"]}
+    assert rows[name]["built"] and rows[name]["signatures"] and rows[name]["space"] == spec.space
+    target = load_target(name)
+    assert (target.table.device, target.table.threads) == (spec.device, spec.threads)  # one source of details
+    graph = LatencyGraph.build(load(REPO / spec.space), target)
+    assert 0 < graph.min_ms() <= graph.max_ms()
+
+
 # ---------------------------------------------------------------- CLI
 
 def test_cli_targets_json(capsys, tmp_path):

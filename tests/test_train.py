@@ -510,8 +510,8 @@ def test_init_from_refuses_a_bad_search_dir(tmp_path, tiny, damage, capsys):
 
 def tiny_table(path: Path) -> Path:
     """A latency table (spnas_dsl.targets.table format) that prices every option of TINY_SPACE."""
-    from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
     from spnas_dsl.shapes import infer_shapes, option_cost
+    from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
     space = parse_text(TINY_SPACE)
     shapes = infer_shapes(space)

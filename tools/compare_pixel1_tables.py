@@ -21,6 +21,7 @@ from spnas_dsl.latency.graph import LatencyGraph
 from spnas_dsl.parser import load
 from spnas_dsl.passes import with_options
 from spnas_dsl.profiling.models import random_networks
+from spnas_dsl.targets import load_target
 from spnas_dsl.targets.fit import spearman
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     space = load(ROOT / "spaces" / "mnasnet.spnas")
-    sp, px = LatencyGraph.build(space, "pixel1"), LatencyGraph.build(space, "pixel1-proxylessnas")
+    sp, px = LatencyGraph.build(space, load_target("pixel1")), LatencyGraph.build(space, load_target("pixel1-proxylessnas"))
     named = [("spnasnet", load(ROOT / "examples" / "spnasnet.spnas")),
              ("largest (pixel1)", with_options(space, sp.largest())),
              ("smallest (pixel1)", with_options(space, sp.smallest()))]

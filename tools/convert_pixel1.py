@@ -18,12 +18,14 @@ import sys
 from pathlib import Path
 
 from spnas_dsl.ir import Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.parser import load
 from spnas_dsl.shapes import infer_shapes
+from spnas_dsl.targets.registry import KNOWN_TARGETS
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.targets.table import Entry, FixedGroup, LatencyTable, write_table
 
 REPO = Path(__file__).resolve().parent.parent
+SPEC = KNOWN_TARGETS["pixel1"]  # name, device, runtime, threads: the registry's
 OPTIONS = {"0": Option(kernel=3, expansion=3), "1": Option(kernel=3, expansion=6),
            "2": Option(kernel=5, expansion=3), "3": Option(kernel=5, expansion=6)}
 FIXED_MS = 19.5999
@@ -57,11 +59,11 @@ def convert(reference: dict[str, dict[str, float]]) -> LatencyTable:
         note="the paper's constant for the fixed parts: stem, layers 0 and 21, head",
     )
     return LatencyTable(
-        name="pixel1",
+        name=SPEC.name,
         description="the Single-Path NAS paper's Pixel 1 lookup table (read-only: cannot be profiled here)",
-        device="Google Pixel 1",
-        runtime="TFLite float",
-        threads=1,
+        device=SPEC.device,  # device, runtime, threads: the registry's (one source)
+        runtime=SPEC.runtime,
+        threads=SPEC.threads,
         source=SOURCE,
         date="2019-04",
         read_only=True,

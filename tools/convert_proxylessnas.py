@@ -23,9 +23,11 @@ import re
 import sys
 from pathlib import Path
 
+from spnas_dsl.targets.registry import KNOWN_TARGETS
 from spnas_dsl.targets.table import Entry, LatencyTable, write_table
 
 REPO = Path(__file__).resolve().parent.parent
+SPEC = KNOWN_TARGETS["pixel1-proxylessnas"]  # name, device, runtime, threads: the registry's
 SOURCE = (
     "ProxylessNAS (Cai et al., ICLR 2019): the authors' published Pixel 1 latency table mobile_trim.yaml "
     "(han-cai/files, downloaded by ProxylessNAS's search code), per operator: count (runs), mean and var (ms); "
@@ -80,10 +82,10 @@ def convert(records: dict[str, dict[str, float]]) -> LatencyTable:
     entries.append(Entry(signature=f"head:i{i}:o{o.split('x')[2]}:c{classes}", latency_ms=mean1 + mean2,
                          count=count, var=var1 + var2))
     return LatencyTable(
-        name="pixel1-proxylessnas",
+        name=SPEC.name,
         description="the ProxylessNAS authors' Pixel 1 table for the MnasNet space, keyed by operator shape "
                     "(kernels 3, 5, 7; expansions 1, 3, 6; read-only)",
-        device="Google Pixel 1", runtime="TFLite", threads=1, source=SOURCE, date="undated (published with ProxylessNAS, ICLR 2019)",
+        device=SPEC.device, runtime=SPEC.runtime, threads=SPEC.threads, source=SOURCE, date="undated (published with ProxylessNAS, ICLR 2019)",
         read_only=True, entries=sorted(entries, key=lambda e: e.signature),
     )
 

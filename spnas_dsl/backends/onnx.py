@@ -15,7 +15,8 @@ import json
 import warnings
 from pathlib import Path
 
-from spnas_dsl.backends import INPUT_NAME, OUTPUT_NAME, quiet_output
+from spnas_dsl.backends.context import INPUT_NAME, OUTPUT_NAME
+from spnas_dsl.backends.quiet import quiet_output
 from spnas_dsl.errors import BuildError
 
 
@@ -41,14 +42,13 @@ def export_onnx(model, example, path: str | Path) -> None:
         raise BuildError(f"ONNX export failed: {type(failure).__name__}: {failure}\n{chatter.text[-2000:]}")
 
 
-def add_metadata(path: str | Path, metadata: dict) -> None:
-    """Write ``metadata`` into the model's ``metadata_props`` as ``spnas.<key>`` (JSON unless a string)."""
+def add_metadata(model, metadata: dict) -> None:
+    """Write ``metadata`` into the ``metadata_props`` of ``model`` (a ModelProto) as ``spnas.<key>``
+    (JSON unless a string)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
     props = {f"spnas.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -66,15 +66,14 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
-def check_onnx(path: str | Path) -> dict:
-    """Run ``onnx.checker`` (full check); returns opset and node count."""
+def check_onnx(model, name: str) -> dict:
+    """Run ``onnx.checker`` (full check) on ``model`` (a ModelProto, file ``name``); returns opset and node count."""
     import onnx
 
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001
-        raise BuildError(f"onnx.checker rejected {Path(path).name}: {exc}") from None
-    model = onnx.load(str(path), load_external_data=False)
+        raise BuildError(f"onnx.checker rejected {name}: {exc}") from None
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
     return {"opset": opset, "nodes": len(model.graph.node)}
 
@@ -97,11 +96,14 @@ def onnxruntime_runner(path: str | Path, threads: int = 1):
 
 
 def export(ctx) -> None:
+    import onnx
     import torch
 
     path = ctx.staging / f"{ctx.stem}.onnx"
     export_onnx(ctx.model, torch.from_numpy(ctx.batch), path)
+    model = onnx.load(str(path), load_external_data=False)  # read once: metadata, checks, then saved
     size = ctx.network.input
-    add_metadata(path, ctx.metadata("NCHW", ["batch", size.channels, size.height, size.width]))
-    info = check_onnx(path)
-    ctx.add(path, "onnx", "onnx", run=onnxruntime_runner(path), input="input: float32 [batch, C, H, W]", **info)
+    add_metadata(model, ctx.metadata("NCHW", ["batch", size.channels, size.height, size.width]))
+    info = check_onnx(model, path.name)
+    onnx.save(model, str(path))
+    ctx.add(path, "onnx", "onnx", run=onnxruntime_runner(path), input=f"{INPUT_NAME}: float32 [batch, C, H, W]", **info)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spnas_dsl.backends import quiet_output
+from spnas_dsl.backends.context import INPUT_NAME, OUTPUT_NAME
+from spnas_dsl.backends.quiet import quiet_output
 from spnas_dsl.errors import BuildError
 from spnas_dsl.ir import Network, Option
 from spnas_dsl.shapes import LayerShape, infer_shapes, is_identity
@@ -87,7 +88,7 @@ def keras_to_tflite(model, *, int8: bool = False, representative: Iterable[np.nd
 SPNAS_METADATA = "spnas"  # the name of our entry in the flatbuffer's Model.metadata
 
 
-def finish_tflite(content: bytes, metadata: dict, input_name: str = "input", output_name: str = "logits") -> bytes:
+def finish_tflite(content: bytes, metadata: dict, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME) -> bytes:
     """Name the model's input and output as in ONNX and record ``metadata`` in the flatbuffer.
 
     The converter names the signature's output ``output_0`` and the tensors

@@ -52,7 +52,7 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _targets(values: list[str]) -> list[str]:
+def _formats(values: list[str]) -> list[str]:
     return [t.strip() for value in values for t in value.split(",") if t.strip()]
 
 
@@ -69,7 +69,7 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     log = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    result = build(network, _targets(args.to), args.out, weights=args.weights, int8=args.int8, data=args.data,
+    result = build(network, _formats(args.to), args.out, weights=args.weights, int8=args.int8, data=args.data,
                    calib_data=args.calib_data, data_dir=args.data_dir, calib_samples=args.calib_samples,
                    eval_samples=args.eval_samples, seed=args.seed, log=log, force=args.force)
     if args.json:

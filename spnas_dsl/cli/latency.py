@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from spnas_dsl.targets.registry import DEFAULT_TARGET
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -16,8 +18,8 @@ def register(sub) -> None:
         "e.g. Pixel 1's stem + layer 0 + layer 21 + head) are shown once, as a group. See docs/targets.md.",
     )
     p.add_argument("file", metavar="FILE", help=".spnas network or search space")
-    p.add_argument("--target", default="pixel1", metavar="NAME",
-                   help="target name (see 'spnasc targets') or a table .json file (default: pixel1)")
+    p.add_argument("--target", default=DEFAULT_TARGET, metavar="NAME",
+                   help=f"target name (see 'spnasc targets') or a table .json file (default: {DEFAULT_TARGET})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=run)
 
@@ -27,7 +29,7 @@ def _ms(value: float | None) -> float | None:
 
 
 def _report(graph, rows) -> dict[str, Any]:
-    names = {key: graph.graph.nodes[key]["name"] for key in graph.order}
+    names = {key: graph.node(key).name for key in graph.order}
     cal = graph.target.calibration
     return {
         "network": graph.network.name,

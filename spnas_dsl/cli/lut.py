@@ -241,10 +241,10 @@ def _build_from_networks(args, space, measurer) -> int:
 
 def _validate_measurements(args) -> int:
     from spnas_dsl.errors import UsageError
+    from spnas_dsl.latency.score import plot_scatter, score
     from spnas_dsl.parser import load
     from spnas_dsl.targets import DEVICE_KEYS, load_target
     from spnas_dsl.targets.measurements import load_measurements, resolve
-    from spnas_dsl.targets.score import plot_scatter, score
 
     if not (args.measurements and args.device):
         raise UsageError("--measurements and --device go together")

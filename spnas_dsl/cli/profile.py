@@ -98,9 +98,10 @@ def _prediction(network, target: str) -> float | None:
     """The target table's prediction for ``network``, or None when there is no table or it lacks a part."""
     from spnas_dsl.errors import SpnasError
     from spnas_dsl.latency.graph import LatencyGraph
+    from spnas_dsl.targets import load_target
 
     try:
-        return LatencyGraph.build(network, target).predict(network)
+        return LatencyGraph.build(network, load_target(target)).predict(network)
     except SpnasError:
         return None
 

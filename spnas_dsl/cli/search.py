@@ -13,6 +13,7 @@ from spnas_dsl.cli.options import (
     positive_int,
     seed,
 )
+from spnas_dsl.targets.registry import DEFAULT_TARGET
 
 # Options that decide the result: with --resume they must match the saved run (or be left out).
 _RESULT_OPTIONS = {
@@ -35,7 +36,7 @@ def register(sub) -> None:
         "See docs/search.md.",
     )
     p.add_argument("space", metavar="SPACE", nargs="?", help=".spnas search space (not needed with --resume)")
-    p.add_argument("--target", help="latency target (see 'spnasc targets') or a table .json (default: pixel1)")
+    p.add_argument("--target", help=f"latency target (see 'spnasc targets') or a table .json (default: {DEFAULT_TARGET})")
     p.add_argument("--data", metavar="SPEC",
                    help="fashion-mnist (default), imagefolder:PATH (ImageNet layout), synthetic[:N]")
     p.add_argument("--data-dir", metavar="DIR", help="folder of the Fashion-MNIST IDX files")
@@ -205,7 +206,7 @@ def _child_argv(args) -> list[str]:
     argv = (["--debug"] if args.debug else []) + ["search"] + ([args.space] if args.space else [])
     out = args.out
     if out is None and not args.resume and args.space:
-        out = str(default_out_dir(args.space, args.target or "pixel1"))
+        out = str(default_out_dir(args.space, args.target or DEFAULT_TARGET))
     options = {opt: getattr(args, opt, None) for opt in _RESULT_OPTIONS if opt != "budget_percentile"} | {
         "out": out, "resume": args.resume, "device": args.device, "workers": args.workers}
     for opt, value in options.items():

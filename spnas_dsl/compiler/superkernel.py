@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.ir import Option
+from spnas_dsl.latency.indicators import LayerIndicators
 from spnas_dsl.ops.torch_blocks import batch_norm
 
 __all__ = ["SuperKernel", "SuperMBConv", "scaled_batch_norm", "straight_through_indicator"]

@@ -31,11 +31,12 @@ from torch import nn
 
 from spnas_dsl.builder import BlockSite, build_blocks
 from spnas_dsl.compiler.blocks import SinglePathNet, set_batch_norm
-from spnas_dsl.compiler.indicators import LayerIndicators
 from spnas_dsl.compiler.nesting import check_space_nests
 from spnas_dsl.compiler.superkernel import SuperKernel, SuperMBConv, scaled_batch_norm, straight_through_indicator
 from spnas_dsl.ir import Network, Option
+from spnas_dsl.latency.indicators import LayerIndicators
 from spnas_dsl.passes import require_same_macro, with_options
+from spnas_dsl.targets.registry import Target
 
 __all__ = ["LatencyModel", "SuperKernel", "SuperMBConv", "Supernet", "SupernetOutput", "lower_to_supernet",
            "require_same_macro", "scaled_batch_norm", "straight_through_indicator", "supernet_block"]
@@ -179,10 +180,10 @@ def supernet_block(site: BlockSite) -> nn.Module:
                        layer.skip, index=shape.index, name=shape.name, expand_always=layer.expand_always)
 
 
-def lower_to_supernet(ir: Network, target: Any = None, *, latency_graph: LatencyModel | None = None) -> Supernet:
+def lower_to_supernet(ir: Network, target: Target | None = None, *, latency_graph: LatencyModel | None = None) -> Supernet:
     """Build the single-path supernet of a search space.
 
-    ``target`` (a name like ``"pixel1"`` or a Target object) builds the latency graph that
+    ``target`` (a Target, resolved by the command with ``load_target``) builds the latency graph that
     prices the decisions (``Supernet.forward`` then returns the relaxed latency); or pass a
     ready ``latency_graph``. Raises :class:`LoweringError` (located on the ``e=<...>`` choice)
     when a layer's expansions cannot be nested.

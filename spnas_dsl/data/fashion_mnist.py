@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spnas_dsl.data import DatasetSplits, TensorImageDataset, register_dataset, split_indices
+from spnas_dsl.data.datasets import DatasetSplits, TensorImageDataset
+from spnas_dsl.data.registry import register_dataset
+from spnas_dsl.data.splits import split_indices
 from spnas_dsl.data.transforms import Normalization
 from spnas_dsl.errors import DataError
 

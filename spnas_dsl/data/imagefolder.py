@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spnas_dsl.data import DatasetSplits, register_dataset, split_indices
+from spnas_dsl.data.datasets import DatasetSplits
+from spnas_dsl.data.registry import register_dataset
+from spnas_dsl.data.splits import split_indices
 from spnas_dsl.data.transforms import Normalization
 from spnas_dsl.errors import DataError
 

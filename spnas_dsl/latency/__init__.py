@@ -1,31 +1,12 @@
-"""Latency prediction: layer signatures and the :class:`LatencyGraph` of a network on a target.
+"""Latency prediction: a network's parts priced on a target (:class:`LatencyGraph`), the typed
+nodes of that graph, and the decisions it prices as 0/1 indicators (:class:`LayerIndicators`).
 
-``LatencyGraph`` is imported lazily (``from spnas_dsl.latency import LatencyGraph`` works) so
-that the table module can use the signature helpers without an import cycle.
+Modules: ``graph`` (the graph), ``nodes`` (its node and row types), ``pricing`` (table lookup
+and fixed groups), ``indicators`` (decisions), ``score`` (a table against measured networks).
 """
 
-from __future__ import annotations
+from spnas_dsl.latency.graph import LatencyGraph
+from spnas_dsl.latency.indicators import LayerIndicators
+from spnas_dsl.latency.nodes import FixedGroupUse, LatencyNode, LayerLatency, as_option
 
-from typing import Any
-
-from spnas_dsl.latency.signature import (
-    head_signature,
-    is_signature,
-    layer_signature,
-    mbconv_signature,
-    parse_mbconv_signature,
-    stem_signature,
-)
-
-__all__ = [
-    "LatencyGraph", "LayerLatency", "head_signature", "is_signature", "layer_signature", "mbconv_signature",
-    "parse_mbconv_signature", "stem_signature",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("LatencyGraph", "LayerLatency"):
-        from spnas_dsl.latency import graph
-
-        return getattr(graph, name)
-    raise AttributeError(f"module 'spnas_dsl.latency' has no attribute '{name}'")
+__all__ = ["FixedGroupUse", "LatencyGraph", "LatencyNode", "LayerIndicators", "LayerLatency", "as_option"]

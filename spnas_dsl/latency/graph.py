@@ -1,11 +1,7 @@
 """The latency graph: a network's parts in order, each with the target's latency of each candidate.
 
-Nodes (keys ``"stem"``, ``0 .. n-1`` for the MBConv layers, ``"head"``) are joined by edges in
-network order and carry: ``kind`` (stem/mbconv/head), ``name``, ``index``, ``op``, ``in_hwc``,
-``out_channels``, ``stride``, ``candidates`` (the layer's options; ``[None]`` for stem and head),
-``signatures`` and ``latency_ms`` (dicts keyed by candidate), ``rules`` (how each figure was
-looked up) and ``fixed_group`` (the index of the table's fixed group that prices the part
-jointly with others, or ``None``).
+Nodes are :class:`~spnas_dsl.latency.nodes.LatencyNode` (keys ``"stem"``, ``0 .. n-1`` for the
+MBConv layers, ``"head"``), joined by edges in network order; :meth:`LatencyGraph.node` returns one.
 
 Totals are ``calibration.scale * raw_sum + calibration.offset_ms`` (identity by default);
 per-layer figures (:meth:`LatencyGraph.option_latency`, :meth:`LatencyGraph.breakdown`,
@@ -14,80 +10,34 @@ per-layer figures (:meth:`LatencyGraph.option_latency`, :meth:`LatencyGraph.brea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from spnas_dsl.errors import TargetError, UsageError
-from spnas_dsl.ir import SKIP, Network, Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
+from spnas_dsl.ir import Network, Option
+from spnas_dsl.latency.nodes import (
+    HEAD,
+    STEM,
+    FixedGroupUse,
+    LatencyNode,
+    LayerLatency,
+    NodeKey,
+    as_option,
+    hwc_text,
+)
+from spnas_dsl.latency.pricing import missing_message, price_nodes
 from spnas_dsl.shapes import infer_shapes
-from spnas_dsl.targets import Target, load_target
+from spnas_dsl.targets.registry import Target
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
 if TYPE_CHECKING:
     import torch
 
-    from spnas_dsl.compiler.indicators import LayerIndicators
+    from spnas_dsl.latency.indicators import LayerIndicators
 
-STEM, HEAD = "stem", "head"
-NodeKey = str | int
-
-
-@dataclass(frozen=True)
-class LayerLatency:
-    """One row of a breakdown: a part of a concrete network and its latency on the target."""
-
-    name: str  # "stem", "<stage>.<position>", "head"
-    index: int | None  # MBConv layer index (None for stem and head)
-    op: str  # conv, mbconv, skip, head
-    choice: str  # "k3" (stem), "k3e6" / "skip" (layer), "c1280" (head)
-    input: str  # HxWxC
-    out_channels: int
-    stride: int
-    signature: str | None  # None for a skip
-    latency_ms: float | None  # None when priced jointly in a fixed group
-    fixed_group: int | None = None
-    rule: str = ""  # position | signature | mean | skip | group
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FixedGroupUse:
-    """A fixed group of the table that prices some parts of this network jointly."""
-
-    index: int
-    latency_ms: float
-    note: str
-    members: tuple[NodeKey, ...]
-
-
-_OPTION_RE = re.compile(r"^k(\d+)e(\d+)(x?)(?:g(\d+))?$")
-
-
-def as_option(option: Option | str) -> Option:
-    """An :class:`Option` from an Option or its text (``"k3e6"``, ``"skip"``)."""
-    if isinstance(option, Option):
-        return option
-    text = option.strip().lower()
-    if text == "skip":
-        return SKIP
-    if text == "skip_proj":
-        return Option(project=True)
-    m = _OPTION_RE.match(text)
-    if m:
-        k, e, x, g = m.groups()
-        return Option(kernel=int(k), expansion=int(e), expand_always=bool(x), groups=int(g or 1))
-    raise UsageError(f"'{option}' is not an option (expected kKeE[x][gG], e.g. k3e6 or k3e1xg2, skip or skip_proj)")
-
-
-def _hwc(t: tuple[int, int, int]) -> str:
-    return "x".join(str(v) for v in t)
+__all__ = ["FixedGroupUse", "LatencyGraph", "LatencyNode", "LayerLatency", "as_option"]
 
 
 class LatencyGraph:
@@ -96,59 +46,41 @@ class LatencyGraph:
     def __init__(self, network: Network, target: Target, graph: nx.DiGraph, groups: list[FixedGroupUse]):
         self.network = network
         self.target = target
-        self.graph = graph
+        self.graph = graph  # node attribute "node": the LatencyNode; edge attribute "hwc"
         self.groups = groups
         self.order: list[NodeKey] = list(nx.topological_sort(graph))
+        self.nodes: dict[NodeKey, LatencyNode] = {key: graph.nodes[key]["node"] for key in self.order}
         self._layer_tables: dict[tuple, list] = {}  # (device, dtype) -> per searched layer (index, R, R_skip)
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, network: Network, target: Target | str = "pixel1") -> LatencyGraph:
-        """Price every candidate of every part of ``network`` on ``target`` (a name or a Target).
+    def build(cls, network: Network, target: Target) -> LatencyGraph:
+        """Price every candidate of every part of ``network`` on ``target`` (resolved by the
+        command: :func:`spnas_dsl.targets.load_target`).
 
         Raises :class:`TargetError` listing every signature the target's table lacks, with how
         to profile them.
         """
-        if isinstance(target, str):
-            target = load_target(target)
+        if not isinstance(target, Target):
+            raise TypeError(f"LatencyGraph.build needs a Target (spnas_dsl.targets.load_target), not {target!r}")
         shapes = infer_shapes(network)
-        g = nx.DiGraph()
-        g.add_node(STEM, kind="stem", name="stem", index=None, op="conv", in_hwc=shapes.input_hwc,
-                   out_channels=shapes.stem_out[2], stride=network.stem.stride, candidates=[None],
-                   signatures={None: stem_signature(network, shapes)}, label=f"k{network.stem.kernel}")
-        previous: NodeKey = STEM
+        parts = [LatencyNode(key=STEM, kind="stem", name="stem", index=None, op="conv", in_hwc=shapes.input_hwc,
+                             out_channels=shapes.stem_out[2], stride=network.stem.stride, candidates=(None,),
+                             signatures={None: stem_signature(network, shapes)}, label=f"k{network.stem.kernel}")]
         for s in shapes.layers:
-            options = s.layer.options
-            g.add_node(s.index, kind="mbconv", name=s.name, index=s.index, op="mbconv", in_hwc=s.in_hwc,
-                       out_channels=s.out_hwc[2], stride=s.stride, candidates=list(options),
-                       signatures={o: layer_signature(s, o) for o in options}, label=None)
-            g.add_edge(previous, s.index, hwc=s.in_hwc)
-            previous = s.index
-        g.add_node(HEAD, kind="head", name="head", index=None, op="head", in_hwc=shapes.head_in,
-                   out_channels=shapes.head_channels, stride=1, candidates=[None],
-                   signatures={None: head_signature(shapes)}, label=f"c{shapes.head_channels}")
-        g.add_edge(previous, HEAD, hwc=shapes.head_in)
-        for key in g.nodes:
-            g.nodes[key].update(latency_ms={}, rules={}, fixed_group=None)
-
-        groups, notes = _assign_fixed_groups(g, target)
-        missing: list[tuple[str, str]] = []
-        for key in g.nodes:
-            node = g.nodes[key]
-            if node["fixed_group"] is not None:
-                continue
-            for option in node["candidates"]:
-                sig = node["signatures"][option]
-                if sig is None:
-                    node["latency_ms"][option], node["rules"][option] = 0.0, "skip"
-                    continue
-                found = target.lookup(sig, node["index"])
-                if found is None:
-                    missing.append((_where(node), sig))
-                else:
-                    node["latency_ms"][option], node["rules"][option] = found.latency_ms, found.rule
-        if missing:
-            raise TargetError(_missing_message(network, target, missing, notes))
+            options = tuple(s.layer.options)
+            parts.append(LatencyNode(key=s.index, kind="mbconv", name=s.name, index=s.index, op="mbconv",
+                                     in_hwc=s.in_hwc, out_channels=s.out_hwc[2], stride=s.stride, candidates=options,
+                                     signatures={o: layer_signature(s, o) for o in options}))
+        parts.append(LatencyNode(key=HEAD, kind="head", name="head", index=None, op="head", in_hwc=shapes.head_in,
+                                 out_channels=shapes.head_channels, stride=1, candidates=(None,),
+                                 signatures={None: head_signature(shapes)}, label=f"c{shapes.head_channels}"))
+        parts, groups = price_nodes(network, parts, target)
+        g = nx.DiGraph()
+        for previous, node in zip([None, *parts], parts):
+            g.add_node(node.key, node=node)
+            if previous is not None:
+                g.add_edge(previous.key, node.key, hwc=node.in_hwc)
         graph = cls(network, target, g, groups)
         # Every prediction of the space must be a positive number of milliseconds: a calibration
         # offset far below zero would otherwise print -919.56 ms and drive a search into nonsense.
@@ -163,11 +95,11 @@ class LatencyGraph:
         return graph
 
     # ------------------------------------------------------------------ structure
-    def node(self, key: NodeKey) -> dict[str, Any]:
-        """The attributes of node ``key`` (``"stem"``, a layer index, or ``"head"``)."""
-        if key not in self.graph:
+    def node(self, key: NodeKey) -> LatencyNode:
+        """Node ``key`` (``"stem"``, a layer index, or ``"head"``)."""
+        if key not in self.nodes:
             raise UsageError(f"network '{self.network.name}' has no layer {key}")
-        return self.graph.nodes[key]
+        return self.nodes[key]
 
     def layer_keys(self) -> list[int]:
         """The MBConv layer indices, in order."""
@@ -175,7 +107,7 @@ class LatencyGraph:
 
     def searched(self) -> list[int]:
         """Indices of the layers with more than one candidate."""
-        return [k for k in self.layer_keys() if len(self.graph.nodes[k]["candidates"]) > 1]
+        return [k for k in self.layer_keys() if self.nodes[k].is_searched]
 
     def calibrate(self, raw_ms: Any) -> Any:
         """Apply the table's calibration (``scale * raw + offset_ms``) to a raw sum (float or tensor)."""
@@ -186,9 +118,9 @@ class LatencyGraph:
         """Raw latency of everything that has one candidate: fixed groups, stem, head, concrete layers."""
         total = sum(g.latency_ms for g in self.groups)
         for key in self.order:
-            node = self.graph.nodes[key]
-            if node["fixed_group"] is None and len(node["candidates"]) == 1:
-                total += node["latency_ms"][node["candidates"][0]]
+            node = self.nodes[key]
+            if node.fixed_group is None and len(node.candidates) == 1:
+                total += node.latency_ms[node.candidates[0]]
         return total
 
     # ------------------------------------------------------------------ per option
@@ -199,16 +131,16 @@ class LatencyGraph:
         """
         option = as_option(option)
         node = self.node(index)
-        if option in node["latency_ms"]:
-            return node["latency_ms"][option]
-        if node["fixed_group"] is not None:
-            if option in node["candidates"]:
+        if option in node.latency_ms:
+            return node.latency_ms[option]
+        if node.fixed_group is not None:
+            if option in node.candidates:
                 raise TargetError(
-                    f"layer {index} ({node['name']}) is priced jointly in fixed group {node['fixed_group']} "
+                    f"layer {index} ({node.name}) is priced jointly in fixed group {node.fixed_group} "
                     f"of target '{self.target.name}'; it has no latency of its own"
                 )
             raise TargetError(
-                f"layer {index} ({node['name']}) is fixed to {node['candidates'][0]} in '{self.network.name}' "
+                f"layer {index} ({node.name}) is fixed to {node.candidates[0]} in '{self.network.name}' "
                 f"and priced in a fixed group of target '{self.target.name}': {option} cannot be priced there"
             )
         if option.is_skip:
@@ -217,7 +149,7 @@ class LatencyGraph:
         sig = layer_signature(shape, option)
         found = self.target.lookup(sig, index)
         if found is None:
-            raise TargetError(_missing_message(self.network, self.target, [(_where(node), sig)], []))
+            raise TargetError(missing_message(self.network, self.target, [(node.where, sig)], []))
         return found.latency_ms
 
     def _options_of(self, concrete: Network) -> list[Option]:
@@ -227,17 +159,17 @@ class LatencyGraph:
         shapes = infer_shapes(concrete)
         ours = infer_shapes(self.network)
         problems = []
-        if stem_signature(concrete, shapes) != self.graph.nodes[STEM]["signatures"][None]:
+        if stem_signature(concrete, shapes) != self.nodes[STEM].signatures[None]:
             problems.append("stem differs")
-        if head_signature(shapes) != self.graph.nodes[HEAD]["signatures"][None]:
+        if head_signature(shapes) != self.nodes[HEAD].signatures[None]:
             problems.append("head differs")
         if len(shapes.layers) != len(ours.layers):
             problems.append(f"{len(shapes.layers)} layers instead of {len(ours.layers)}")
         else:
             for a, b in zip(shapes.layers, ours.layers):
                 if (a.in_hwc, a.out_hwc, a.stride) != (b.in_hwc, b.out_hwc, b.stride):
-                    problems.append(f"layer {a.index}: {_hwc(a.in_hwc)} -> {_hwc(a.out_hwc)} s{a.stride} instead of "
-                                    f"{_hwc(b.in_hwc)} -> {_hwc(b.out_hwc)} s{b.stride}")
+                    problems.append(f"layer {a.index}: {hwc_text(a.in_hwc)} -> {hwc_text(a.out_hwc)} s{a.stride} instead of "
+                                    f"{hwc_text(b.in_hwc)} -> {hwc_text(b.out_hwc)} s{b.stride}")
                     break
         if problems:
             raise UsageError(f"network '{concrete.name}' does not have the macro-architecture of "
@@ -254,27 +186,27 @@ class LatencyGraph:
         options = self._options_of(concrete if concrete is not None else self.network)
         rows = []
         for key in self.order:
-            node = self.graph.nodes[key]
-            group = node["fixed_group"]
+            node = self.nodes[key]
+            group = node.fixed_group
             if isinstance(key, int):
                 option = options[key]
-                if group is not None and option != node["candidates"][0]:
+                if group is not None and option != node.candidates[0]:
                     self.option_latency(key, option)  # raises: the group cannot price this option
-                op, choice, sig = ("skip" if option.is_skip else "mbconv"), str(option), node["signatures"].get(option)
+                op, choice, sig = ("skip" if option.is_skip else "mbconv"), str(option), node.signatures.get(option)
                 if sig is None and not option.is_skip:
                     sig = layer_signature(_shape(self.network, key), option)
             else:
-                option, op, choice, sig = None, node["op"], node["label"], node["signatures"][None]
+                option, op, choice, sig = None, node.op, node.label, node.signatures[None]
             if group is not None:
                 latency, rule = None, "group"
             elif isinstance(key, int):
                 latency = self.option_latency(key, option)
-                rule = node["rules"].get(option) or ("skip" if option.is_skip else self._rule(sig, key))
+                rule = node.rules.get(option) or ("skip" if option.is_skip else self._rule(sig, key))
             else:
-                latency, rule = node["latency_ms"][None], node["rules"][None]
+                latency, rule = node.latency_ms[None], node.rules[None]
             rows.append(LayerLatency(
-                name=node["name"], index=node["index"], op=op, choice=choice, input=_hwc(node["in_hwc"]),
-                out_channels=node["out_channels"], stride=node["stride"], signature=sig,
+                name=node.name, index=node.index, op=op, choice=choice, input=hwc_text(node.in_hwc),
+                out_channels=node.out_channels, stride=node.stride, signature=sig,
                 latency_ms=latency, fixed_group=group, rule=rule,
             ))
         return rows
@@ -295,7 +227,7 @@ class LatencyGraph:
     def _extreme(self, pick) -> float:
         total = self.fixed_ms
         for key in self.searched():
-            total += pick(self.graph.nodes[key]["latency_ms"].values())
+            total += pick(self.nodes[key].latency_ms.values())
         return float(self.calibrate(total))
 
     def min_ms(self) -> float:
@@ -309,12 +241,12 @@ class LatencyGraph:
     def _per_layer(self, sign: int) -> list[Option]:
         chosen = []
         for key in self.layer_keys():
-            node = self.graph.nodes[key]
-            if len(node["candidates"]) == 1:
-                chosen.append(node["candidates"][0])
+            node = self.nodes[key]
+            if len(node.candidates) == 1:
+                chosen.append(node.candidates[0])
                 continue
-            latency = node["latency_ms"]
-            chosen.append(max(node["candidates"], key=lambda o, ms=latency: (
+            latency = node.latency_ms
+            chosen.append(max(node.candidates, key=lambda o, ms=latency: (
                 sign * ms[o], sign * (o.kernel or 0), sign * (o.expansion or 0))))
         return chosen
 
@@ -345,7 +277,7 @@ class LatencyGraph:
                               ref.dtype if ref is not None else torch.float32)
         for key, grid, skip_ms in tables:
             if key not in indicators:
-                raise ValueError(f"layer {key} ({self.graph.nodes[key]['name']}) is searched but has no indicators")
+                raise ValueError(f"layer {key} ({self.nodes[key].name}) is searched but has no indicators")
             ind = indicators[key]
             # P(kernel level) and P(expansion level) as vectors, then E[R] = pk @ R @ pe: the
             # multilinear form of LayerIndicators.option_weights in a few ops per layer
@@ -365,15 +297,15 @@ class LatencyGraph:
         if cache_key not in self._layer_tables:
             tables = []
             for key in self.searched():
-                node = self.graph.nodes[key]
-                options = [o for o in node["candidates"] if not o.is_skip]
+                node = self.nodes[key]
+                options = [o for o in node.candidates if not o.is_skip]
                 kernels = sorted({o.kernel for o in options})
                 expansions = sorted({o.expansion for o in options})
                 # the layer's own options (e.g. k3e1x where e=1 keeps its expansion conv)
                 by_ke = {(o.kernel, o.expansion): o for o in options}
                 grid = torch.tensor([[self.option_latency(key, by_ke.get((k, e), Option(kernel=k, expansion=e)))
                                       for e in expansions] for k in kernels], dtype=dtype, device=device)
-                skip_ms = self.option_latency(key, Option()) if any(o.is_skip for o in node["candidates"]) else 0.0
+                skip_ms = self.option_latency(key, Option()) if any(o.is_skip for o in node.candidates) else 0.0
                 tables.append((key, grid, skip_ms))
             self._layer_tables[cache_key] = tables
         return self._layer_tables[cache_key]
@@ -402,61 +334,3 @@ def _levels(on: list, like):
 
 def _shape(network: Network, index: int):
     return infer_shapes(network).layers[index]
-
-
-def _where(node: dict[str, Any]) -> str:
-    if node["index"] is None:
-        return node["name"]
-    return f"layer {node['index']} ({node['name']})"
-
-
-def _assign_fixed_groups(g: nx.DiGraph, target: Target) -> tuple[list[FixedGroupUse], list[str]]:
-    """Give each fixed group of the table whose signatures are all in the network its parts.
-
-    Only parts with one candidate (stem, head, concrete layers) can join a group; a signature
-    listed twice needs two parts. Returns the groups used and notes on groups that matched
-    only in part (to explain missing signatures).
-    """
-    eligible = [k for k in nx.topological_sort(g)
-                if len(g.nodes[k]["candidates"]) == 1 and g.nodes[k]["signatures"][g.nodes[k]["candidates"][0]]]
-    used: list[FixedGroupUse] = []
-    notes: list[str] = []
-    taken: set[NodeKey] = set()
-    for gi, group in enumerate(target.table.fixed_groups):
-        members: list[NodeKey] = []
-        lacking: list[str] = []
-        for sig in group.signatures:
-            key = next((k for k in eligible if k not in taken and k not in members
-                        and g.nodes[k]["signatures"][g.nodes[k]["candidates"][0]] == sig), None)
-            if key is None:
-                lacking.append(sig)
-            else:
-                members.append(key)
-        if not lacking:
-            for key in members:
-                g.nodes[key]["fixed_group"] = gi
-            taken.update(members)
-            used.append(FixedGroupUse(gi, group.latency_ms, group.note, tuple(members)))
-        elif members:
-            notes.append(f"fixed group {gi} ({group.latency_ms:g} ms: {group.note or 'parts priced jointly'}) "
-                         f"prices {', '.join(group.signatures)} only together; this network lacks {', '.join(lacking)}")
-    return used, notes
-
-
-def _missing_message(network: Network, target: Target, missing: list[tuple[str, str]], notes: list[str]) -> str:
-    seen: dict[str, list[str]] = {}
-    for where, sig in missing:
-        seen.setdefault(sig, []).append(where)
-    plural = "s" if len(seen) != 1 else ""
-    head = f"target '{target.name}' ({target.path}) has no latency for {len(seen)} signature{plural} of '{network.name}':"
-    lines = [head]
-    for sig, wheres in seen.items():
-        lines.append(f"  {sig}  at {', '.join(wheres)}")
-    lines += [f"  note: {n}" for n in notes]
-    space = network.span.file if network.span and network.span.file else "SPACE"
-    if target.read_only:
-        lines.append(f"'{target.name}' is a read-only table ({target.spec.what}) that cannot be profiled here; "
-                     f"profile the space on a local target instead: spnasc lut build {space} --target host-tflite")
-    else:
-        lines.append(f"profile them with: spnasc lut build {space} --target {target.name}")
-    return "\n".join(lines)

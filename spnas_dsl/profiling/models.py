@@ -20,10 +20,10 @@ from pathlib import Path
 from spnas_dsl.errors import SpnasError, TargetError
 from spnas_dsl.io import atomic_write_bytes
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.ops import Site
 from spnas_dsl.passes import with_options
 from spnas_dsl.shapes import LayerShape, infer_shapes
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
 BUILDER_VERSION = "1"
 

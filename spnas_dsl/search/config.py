@@ -12,6 +12,7 @@ from typing import Any
 from spnas_dsl.errors import UsageError
 from spnas_dsl.search.budget import DEFAULT_FLOOR
 from spnas_dsl.search.methods import METHODS
+from spnas_dsl.targets.registry import DEFAULT_TARGET
 
 DEFAULT_LAMBDA = 0.02  # the paper's network (Fig. 5)
 LATENCY_LOSS_SCALE = 1e3  # the official code's factor on lambda * ln(R_ms)
@@ -21,7 +22,7 @@ BN_RECALIBRATION_BATCHES = 20  # training batches that re-estimate BN before eac
 @dataclass
 class SearchConfig:
     space: str  # path of the .spnas search space
-    target: str = "pixel1"
+    target: str = DEFAULT_TARGET  # a name: resolved once, by prepare (load_target)
     data: str = "fashion-mnist"
     data_dir: str | None = None
     subset: int | None = None

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from spnas_dsl.ir import Network, Option
-from spnas_dsl.latency.signature import head_signature, layer_signature, stem_signature
 from spnas_dsl.shapes import infer_shapes, option_cost
+from spnas_dsl.targets.signature import head_signature, layer_signature, stem_signature
 
 LAMBDAS = (1e-6, 1e-3, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e5)
 
@@ -232,8 +232,10 @@ def fit_table(space: Network, networks: list[list[Option]], latency_ms, *, folds
 
 def to_table(result: FitResult, meas, space: Network, *, name: str, description: str, runtime: str,
              references: list[str] | None = None, date: str = "", read_only: bool = True, threads: int = 1,
-             source: str | None = None):
-    """The fitted costs as an ordinary target table, with the fit's full provenance."""
+             source: str | None = None, device: str | None = None):
+    """The fitted costs as an ordinary target table, with the fit's full provenance.
+
+    ``device``: the table's device (default: the measurement file's description of it)."""
     from spnas_dsl.targets.table import Entry, FixedGroup, LatencyTable, Provenance
 
     entries = [Entry(signature=sig, latency_ms=float(max(w, 0.0)), position=i)
@@ -252,6 +254,6 @@ def to_table(result: FitResult, meas, space: Network, *, name: str, description:
     source = source or (f"fitted by spnasc lut fit to {meas.count} whole-network latencies of device '{meas.device}' in "
               f"{meas.path.name} (sha256 {meas.sha256[:12]}...); held-out MAPE {result.cv['mape_pct']:.2f} %")
     return LatencyTable(
-        name=name, description=description, device=meas.description or meas.device, runtime=runtime, threads=threads,
+        name=name, description=description, device=device or meas.description or meas.device, runtime=runtime, threads=threads,
         source=source, date=date, read_only=read_only, entries=entries, fixed_groups=[group], provenance=provenance,
     )

@@ -51,12 +51,43 @@ class Measurements:
         return len(self.archs)
 
 
-def load_measurements(path: str | Path, device: str, aliases: dict[str, str] | None = None) -> Measurements:
-    """Read ``path`` and take ``device``'s latencies; raise :class:`MeasurementError` on any problem.
+@dataclass(frozen=True)
+class MeasurementFile:
+    """A measurement file read and checked once: its networks and every device's latencies."""
 
-    ``aliases`` maps other names to the file's device keys (e.g. target ``galaxy-a50`` ->
-    ``samsung_a50``); a name the file has is always taken as it is.
-    """
+    path: Path
+    sha256: str
+    archs: list[list[str]]
+    table: dict  # device -> one latency (ms) per network, unchecked until a device is taken
+    descriptions: dict
+
+    def _bad(self, message: str) -> MeasurementError:
+        return MeasurementError(f"measurement file {self.path}: {message}")
+
+    def for_device(self, device: str, aliases: dict[str, str] | None = None) -> Measurements:
+        """``device``'s latencies (``aliases``: other names -> the file's device keys)."""
+        table = self.table
+        if device not in table and (aliases or {}).get(device) in table:
+            device = aliases[device]
+        if device not in table:
+            raise self._bad(f"no device '{device}' (devices: {', '.join(sorted(table))})")
+        values = table[device]
+        if not isinstance(values, list) or len(values) != len(self.archs):
+            n = len(values) if isinstance(values, list) else type(values).__name__
+            raise self._bad(f"latency_ms.{device} has {n} values for {len(self.archs)} networks")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_MS:  # NaN fails too
+                raise self._bad(f"latency_ms.{device}[{i}] = {v!r:.40}: latencies must be finite numbers of ms "
+                                f"in [0, {MAX_MS:g}]")
+        return Measurements(
+            path=self.path, sha256=self.sha256, device=device, description=str(self.descriptions.get(device, "")),
+            archs=self.archs, latency_ms=np.asarray(values, dtype=float), devices=sorted(table),
+        )
+
+
+def read_measurement_file(path: str | Path) -> MeasurementFile:
+    """Read and check ``path`` (networks and the shape of its latency table); a :class:`MeasurementError`
+    names the file and the problem."""
     path = Path(path)
     raw, _, data = read_json_file(path, "measurement file", MeasurementError)
 
@@ -76,23 +107,17 @@ def load_measurements(path: str | Path, device: str, aliases: dict[str, str] | N
             raise bad(f"archs[{i}] must be a list of op names")
     if not isinstance(table, dict) or not table:
         raise bad("'latency_ms' must be an object: device -> list of latencies (ms)")
-    if device not in table and (aliases or {}).get(device) in table:
-        device = aliases[device]
-    if device not in table:
-        raise bad(f"no device '{device}' (devices: {', '.join(sorted(table))})")
-    values = table[device]
-    if not isinstance(values, list) or len(values) != len(archs):
-        n = len(values) if isinstance(values, list) else type(values).__name__
-        raise bad(f"latency_ms.{device} has {n} values for {len(archs)} networks")
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_MS:  # NaN fails too
-            raise bad(f"latency_ms.{device}[{i}] = {v!r:.40}: latencies must be finite numbers of ms in [0, {MAX_MS:g}]")
     descriptions = data.get("devices") if isinstance(data.get("devices"), dict) else {}
-    return Measurements(
-        path=path, sha256=hashlib.sha256(raw).hexdigest(), device=device,
-        description=str(descriptions.get(device, "")), archs=archs,
-        latency_ms=np.asarray(values, dtype=float), devices=sorted(table),
-    )
+    return MeasurementFile(path, hashlib.sha256(raw).hexdigest(), archs, table, descriptions)
+
+
+def load_measurements(path: str | Path, device: str, aliases: dict[str, str] | None = None) -> Measurements:
+    """Read ``path`` and take ``device``'s latencies; raise :class:`MeasurementError` on any problem.
+
+    ``aliases`` maps other names to the file's device keys (e.g. target ``galaxy-a50`` ->
+    ``samsung_a50``); a name the file has is always taken as it is.
+    """
+    return read_measurement_file(path).for_device(device, aliases)
 
 
 def resolve_op(name: str, candidates: list[Option]) -> Option | None:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from spnas_dsl.errors import TargetError
 from spnas_dsl.io import atomic_write_text
-from spnas_dsl.latency.signature import is_signature
+from spnas_dsl.targets.signature import is_signature
 
 TABLE_VERSION = 1
 # Bounds on a table's numbers: every figure is a finite, plausible number of milliseconds, so

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from spnas_dsl.ir import Network, Option
+from spnas_dsl.latency.graph import LatencyGraph
 from spnas_dsl.targets.fit import metrics
 from spnas_dsl.targets.measurements import Measurements
+from spnas_dsl.targets.registry import Target
 
 
-def predict_networks(graph, networks: list[list[Option]]) -> np.ndarray:
+def predict_networks(graph: LatencyGraph, networks: list[list[Option]]) -> np.ndarray:
     """The graph's calibrated latency (ms) of each network (one option per layer), without re-deriving shapes."""
     searched = graph.searched()
     base = graph.fixed_ms
@@ -19,10 +21,8 @@ def predict_networks(graph, networks: list[list[Option]]) -> np.ndarray:
     return np.asarray([float(graph.calibrate(r)) for r in raw])
 
 
-def score(space: Network, target, meas: Measurements, networks: list[list[Option]]) -> dict:
+def score(space: Network, target: Target, meas: Measurements, networks: list[list[Option]]) -> dict:
     """The report: metrics of the target's predictions on the measured networks, and the rows."""
-    from spnas_dsl.latency.graph import LatencyGraph
-
     graph = LatencyGraph.build(space, target)
     predicted = predict_networks(graph, networks)
     report = {
