@@ -20,7 +20,7 @@ For each space and target ``host-tflite`` (this CPU through LiteRT), in one run:
    table's calibration networks and 12 of the fit networks beside them as *drift anchors*
    (how much faster or slower the machine ran than when each table was built); written as a
    measurement file and scored with ``spnasc lut validate --measurements``'s machinery
-   (``targets.score``) for both tables.
+   (``latency.score``) for both tables.
 
 Both builds and the ground truth use ``lut build``'s default timing (8 worker processes x >= 5
 rounds, >= 5 s each; ``--quick``: 1 process, 2 rounds). Tables and measurement files go under
@@ -94,7 +94,7 @@ def run_space(name: str, space_path: Path, measurer, *, count: int, heldout: int
     from spnas_dsl.profiling.from_networks import build_from_networks
     from spnas_dsl.targets import load_target
     from spnas_dsl.targets.measurements import load_measurements, measurement_json, resolve
-    from spnas_dsl.targets.score import score
+    from spnas_dsl.latency.score import score
 
     space = load(space_path)
     work.mkdir(parents=True, exist_ok=True)
