@@ -126,7 +126,7 @@ def accuracy(net, data, seed: int, bn_images: int = 1024) -> float:
     return 100 * training.evaluate(net, Batches(data.val, 500), ks=(1,))["top1"]
 
 
-def run_seed(space, data, seed: int, a, variant: tuple[str, str], separate: dict | None = None,
+def run_seed(space, data, seed: int, a, variant: tuple[str, str, int], separate: dict | None = None,
              log=print) -> tuple[dict[str, float], dict[str, float], dict]:
     """One seed of one variant (optimizer, sampling): the separate 3x3 and 5x5 networks (taken from
     ``separate`` when an earlier variant with the same optimizer trained them) and the superkernel."""
@@ -135,7 +135,7 @@ def run_seed(space, data, seed: int, a, variant: tuple[str, str], separate: dict
     from spnas_dsl.compiler.network import lower_to_network
     from spnas_dsl.compiler.supernet import lower_to_supernet
 
-    optimizer, sampling = variant
+    optimizer, sampling, factor = variant
     k3, k5 = backbone(space, 3), backbone(space, 5)
     acc, secs = {}, {}
     if separate is not None:
@@ -153,7 +153,7 @@ def run_seed(space, data, seed: int, a, variant: tuple[str, str], separate: dict
     for p in supernet.threshold_parameters():
         p.requires_grad_(False)  # sampled, not learned: not in the optimizer
     sampler = KernelSampler(supernet, searched_indices(space), sampling, seed)
-    secs["superkernel"] = train(supernet, data, epochs=a.epochs, batch_size=a.batch_size, seed=seed,
+    secs["superkernel"] = train(supernet, data, epochs=a.epochs * factor, batch_size=a.batch_size, seed=seed,
                                 optimizer=optimizer, before_step=sampler, log=log, name="superkernel")
     for name, arch in (("superkernel, inner 3x3", k3), ("superkernel, full 5x5", k5)):
         acc[name] = accuracy(extract(supernet, arch), data, seed)
@@ -161,18 +161,29 @@ def run_seed(space, data, seed: int, a, variant: tuple[str, str], separate: dict
     return acc, secs, dict(sampler.counts)
 
 
-def parse_variants(text: str) -> list[tuple[str, str]]:
-    """``rmsprop:layer,sgd:layer`` -> [("rmsprop", "layer"), ("sgd", "layer")]."""
+def parse_variants(text: str) -> list[tuple[str, str, int]]:
+    """``rmsprop:layer,sgd:network:x2`` -> [("rmsprop", "layer", 1), ("sgd", "network", 2)]: optimizer,
+    kernel sampling and how many times the separate networks' epochs the superkernel trains."""
     out = []
     for item in text.split(","):
-        optimizer, _, sampling = item.strip().partition(":")
+        optimizer, _, rest = item.strip().partition(":")
+        sampling, _, factor = rest.partition(":")
         sampling = sampling or "layer"
-        if optimizer not in RECIPES or sampling not in ("layer", "network"):
-            raise argparse.ArgumentTypeError(f"{item!r}: expected OPTIMIZER[:SAMPLING] with OPTIMIZER one of "
-                                             f"{', '.join(RECIPES)} and SAMPLING layer or network")
-        out.append((optimizer, sampling))
+        ok = optimizer in RECIPES and sampling in ("layer", "network") and (not factor or factor[1:].isdigit()
+                                                                             and factor[0] == "x" and int(factor[1:]) > 0)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected OPTIMIZER[:SAMPLING[:xF]] with OPTIMIZER one of "
+                                             f"{', '.join(RECIPES)}, SAMPLING layer or network, F a positive integer")
+        out.append((optimizer, sampling, int(factor[1:]) if factor else 1))
     return out
 
+
+SECTIONS = {
+    "kernel_subsets": "Claim 3: kernel subsets, one 5x5 superkernel network vs separate 3x3 and 5x5 networks "
+                      "(paper Table 2)",
+    "kernel_subsets_steps": "Claim 3b: what closes the superkernel's gap: as many steps per kernel as a separate "
+                            "network",
+}
 
 RECIPES = {"rmsprop": "spnasc train's default: TF-style RMSProp, lr 0.016*B/256 decayed x0.97 every 2.4 epochs "
                       "(nearly constant over a few epochs)",
@@ -189,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="training recipes compared side by side, OPTIMIZER[:SAMPLING],... with OPTIMIZER "
                              "rmsprop or sgd and SAMPLING layer (a random kernel per layer each step) or network "
                              "(one kernel for the whole network each step) (default rmsprop:layer,sgd:layer)")
+    parser.add_argument("--section", choices=list(SECTIONS), default="kernel_subsets",
+                        help="the docs/results.md section written: kernel_subsets (claim 3, the recipes) or "
+                             "kernel_subsets_steps (claim 3b, with an xF variant: what closes the gap)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default the Debian package's)")
     a = parser.parse_args(argv)
@@ -211,14 +225,15 @@ def main(argv: list[str] | None = None) -> None:
     for variant in a.variants:
         results[variant] = []
         for seed in range(a.seeds):
-            print(f"{variant[0]}, kernel per {variant[1]}, seed {seed}:")
+            print(f"{variant[0]}, kernel per {variant[1]}, superkernel x{variant[2]} epochs, seed {seed}:")
             acc, secs, counts = run_seed(space, data, seed, a, variant, separate.get((variant[0], seed)))
             separate.setdefault((variant[0], seed), ({k: acc[k] for k in ("3x3 network", "5x5 network")},
                                                      {k: secs[k] for k in ("3x3 network", "5x5 network")}))
             results[variant].append((acc, secs, counts))
 
     def label(variant: tuple[str, str]) -> str:
-        return f"{variant[0]}, kernel per {variant[1]}" if len(a.variants) > 1 else variant[0]
+        steps = f", superkernel {variant[2]}x the epochs" if variant[2] > 1 else ""
+        return f"{variant[0]}, kernel per {variant[1]}{steps}" if len(a.variants) > 1 else variant[0] + steps
 
     def pm(values: list[float], signed: bool = False) -> str:
         mean, std = R.mean_std(values)
@@ -247,13 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     k3 = backbone(space, 3)
     k5 = backbone(space, 5)
     body = R.section_header(
-        "Claim 3: kernel subsets, one 5x5 superkernel network vs separate 3x3 and 5x5 networks (paper Table 2)",
+        SECTIONS[a.section],
         R.command_line("benchmarks.kernel_subsets", argv), a.threads,
         [(f"backbone: `{SPACE.relative_to(R.REPO)}` with every searched layer at e6 and no skip (MobileNetV2-like): "
          f"{summarize(k3).params_max:,} parameters with 3x3 kernels, {summarize(k5).params_max:,} with 5x5"),
          (f"data: {data.description}; {a.epochs} epoch(s), batch {a.batch_size}, seeds 0..{a.seeds - 1}; label "
-          f"smoothing 0.1; recipes: " + "; ".join(f"`{o}`: {RECIPES[o]}" for o in dict.fromkeys(o for o, _ in
-                                                                                           a.variants))),
+          f"smoothing 0.1; recipes: " + "; ".join(f"`{o}`: {RECIPES[o]}" for o in dict.fromkeys(v[0] for v in a.variants))),
          (f"superkernel: e6 everywhere, a random kernel per layer (or per network) every step ({counts[3]} 3x3 and "
           f"{counts[5]} 5x5 layer-steps for the first variant's seed 0); evaluated through `extract` (inner 3x3 crop "
           f"/ full 5x5) after BN re-estimation on 1,024 training images, like the separate networks; the separate "
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
          "training time per network (mean over seeds): " + timing,
          f"total wall time {time.perf_counter() - started:.0f} s"])
     body += "\n" + table + "\n\n" + gaps + "\n\n" + NOTES
-    R.publish("kernel_subsets", body, a.no_write)
+    R.publish(a.section, body, a.no_write)
 
 
 NOTES = """**What differs from the paper, and why.** The paper's figures are ImageNet top-1 of a
