@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ir", ("spnas_dsl.ir",)),
     ("ops", ("spnas_dsl.ops",)),
     ("shapes", ("spnas_dsl.shapes",)),
-    ("front end", ("spnas_dsl.parser", "spnas_dsl.validate", "spnas_dsl.printer", "spnas_dsl.passes",
+    ("front end", ("spnas_dsl.parser", "spnas_dsl.tree_to_ir", "spnas_dsl.validate", "spnas_dsl.printer", "spnas_dsl.passes",
                    "spnas_dsl.builder")),
     ("targets", ("spnas_dsl.targets",)),
     ("latency", ("spnas_dsl.latency",)),
