@@ -87,6 +87,7 @@ def run_space(name: str, space_path: Path, measurer, *, count: int, heldout: int
               work: Path, log=print) -> dict:
     """Both builds and the common ground truth for one space; returns a JSON-ready dict."""
     from spnas_dsl.io import atomic_write_text
+    from spnas_dsl.latency.score import score
     from spnas_dsl.parser import load
     from spnas_dsl.passes import with_options
     from spnas_dsl.profiling import lut as L
@@ -94,7 +95,6 @@ def run_space(name: str, space_path: Path, measurer, *, count: int, heldout: int
     from spnas_dsl.profiling.from_networks import build_from_networks
     from spnas_dsl.targets import load_target
     from spnas_dsl.targets.measurements import load_measurements, measurement_json, resolve
-    from spnas_dsl.latency.score import score
 
     space = load(space_path)
     work.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ class Node(BaseModel):
         return hash(self.model_dump_json())
 
 
-class Choice(Node):
+class CandidateSet(Node):
     """A candidate set ``<v1,v2,...>`` (sorted, no duplicates); a singleton is one value."""
 
     values: tuple[int, ...]
@@ -72,7 +72,7 @@ class Choice(Node):
 
 
 class Option(BaseModel):
-    """One concrete choice of a searched layer: an MBConv variant, or a skip.
+    """One option of a layer (one member of its candidate sets): an MBConv variant, or a skip.
 
     MBConv: ``kernel``, ``expansion``, ``groups`` of both 1x1 convs (a channel shuffle follows
     the first when > 1) and ``expand_always`` (keep the 1x1 expansion conv at e=1; normalised
@@ -118,9 +118,9 @@ SKIP = Option()
 class MBConvAlt(Node):
     """One ``mbconv`` alternative of a layer line: every (kernel, expansion, groups) it lists."""
 
-    kernel: Choice
-    expansion: Choice
-    groups: Choice | None = None  # None: <1>
+    kernel: CandidateSet
+    expansion: CandidateSet
+    groups: CandidateSet | None = None  # None: <1>
     expand_always: bool = False
 
     def options(self) -> list[Option]:
@@ -139,9 +139,9 @@ class Layer(Node):
     """
 
     kind: Literal["mbconv"] = "mbconv"
-    kernel: Choice | None = None
-    expansion: Choice | None = None
-    groups: Choice | None = None
+    kernel: CandidateSet | None = None
+    expansion: CandidateSet | None = None
+    groups: CandidateSet | None = None
     expand_always: bool = False
     more: tuple[MBConvAlt, ...] = ()
     skip: bool = False
@@ -181,8 +181,8 @@ class Layer(Node):
         """The concrete layer for one option."""
         if option.is_skip:
             return cls(skip=True, skip_project=option.project, span=span)
-        groups = Choice(values=(option.groups,)) if option.groups != 1 else None
-        return cls(kernel=Choice(values=(option.kernel,)), expansion=Choice(values=(option.expansion,)),
+        groups = CandidateSet(values=(option.groups,)) if option.groups != 1 else None
+        return cls(kernel=CandidateSet(values=(option.kernel,)), expansion=CandidateSet(values=(option.expansion,)),
                    groups=groups, expand_always=option.expand_always, span=span)
 
 

@@ -30,7 +30,7 @@ def with_options(network: Network, options: Mapping[int, Option] | Sequence[Opti
     if not isinstance(options, Mapping):
         options = list(options)
         if len(options) != len(shapes):
-            raise SpnasValidationError(f"{len(options)} choices for the {len(shapes)} layers of '{network.name}'",
+            raise SpnasValidationError(f"{len(options)} options for the {len(shapes)} layers of '{network.name}'",
                                        network.span)
         options = dict(enumerate(options))
     unknown = sorted(set(options) - {s.index for s in shapes})

@@ -8,22 +8,22 @@ statement that followed them (or at the end of its line), so formatting never lo
 
 from __future__ import annotations
 
-from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, Choice, Comment, Layer, MBConvAlt, Network
+from spnas_dsl.ir import BN_EPS, BN_MOMENTUM, CandidateSet, Comment, Layer, MBConvAlt, Network
 
 INDENT = "    "
 
 
-def format_choice(name: str, choice: Choice) -> str:
-    if choice.is_singleton:
-        return f"{name}={choice.values[0]}"
-    return f"{name}=<{','.join(str(v) for v in choice.values)}>"
+def format_candidates(name: str, candidates: CandidateSet) -> str:
+    if candidates.is_singleton:
+        return f"{name}={candidates.values[0]}"
+    return f"{name}=<{','.join(str(v) for v in candidates.values)}>"
 
 
 def format_alt(alt: MBConvAlt) -> str:
     """One ``mbconv`` alternative, e.g. ``mbconv k=<3,5> e=1 g=2 expand=always``."""
-    text = f"mbconv {format_choice('k', alt.kernel)} {format_choice('e', alt.expansion)}"
+    text = f"mbconv {format_candidates('k', alt.kernel)} {format_candidates('e', alt.expansion)}"
     if alt.groups is not None:
-        text += f" {format_choice('g', alt.groups)}"
+        text += f" {format_candidates('g', alt.groups)}"
     return text + (" expand=always" if alt.expand_always else "")
 
 

@@ -18,7 +18,7 @@ from spnas_dsl.ir import (
     MAX_LAYERS,
     MAX_NUMBER_CHARS,
     SKIP_PROJECTIONS,
-    Choice,
+    CandidateSet,
     Head,
     InputSize,
     Layer,
@@ -140,7 +140,7 @@ class IRBuilder(Transformer):
             self._error(f"{what} must be an integer, got {value:g}", span)
         return int(value)
 
-    def _choice(self, params: dict[str, _Param], name: str, what: str, span: Span) -> Choice | None:
+    def _candidate_set(self, params: dict[str, _Param], name: str, what: str, span: Span) -> CandidateSet | None:
         p = params.get(name)
         if p is None:
             self._error(f"missing parameter '{name}=' ({what})", span)
@@ -158,7 +158,7 @@ class IRBuilder(Transformer):
         ints = [int(v) for v in values]
         if len(set(ints)) != len(ints):
             self._error(f"duplicate value in candidate set for '{name}'", p.span)
-        return Choice(values=tuple(sorted(set(ints))), span=p.span)
+        return CandidateSet(values=tuple(sorted(set(ints))), span=p.span)
 
     # -- terminals and small rules --------------------------------------------
     def number(self, token: Token):
@@ -258,9 +258,9 @@ class IRBuilder(Transformer):
 
     def _mbconv(self, op: _Op) -> MBConvAlt | None:
         params = self._params(op, _OP_PARAMS["layer"]["mbconv"], "mbconv")
-        kernel = self._choice(params, "k", "kernel size", op.span)
-        expansion = self._choice(params, "e", "expansion", op.span)
-        groups = self._choice(params, "g", "groups", op.span) if "g" in params else None
+        kernel = self._candidate_set(params, "k", "kernel size", op.span)
+        expansion = self._candidate_set(params, "e", "expansion", op.span)
+        groups = self._candidate_set(params, "g", "groups", op.span) if "g" in params else None
         if groups is not None and groups.values == (1,):
             groups = None  # g=1 is the default: one IR for one network
         expand = self._word(params, "expand", EXPAND_MODES, "auto")

@@ -66,7 +66,7 @@ def valid_networks():
     """
     from hypothesis import strategies as st
 
-    from spnas_dsl.ir import EXPANSIONS, KERNEL_SIZES, Choice, Head, InputSize, Layer, Network, Stage, Stem
+    from spnas_dsl.ir import EXPANSIONS, KERNEL_SIZES, CandidateSet, Head, InputSize, Layer, Network, Stage, Stem
 
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
     names = st.builds(  # identifiers; keywords such as `stage` or `skip` are valid names too
@@ -78,7 +78,7 @@ def valid_networks():
     strides = st.sampled_from([1, 2])
 
     def subset(values):
-        return st.sets(st.sampled_from(values), min_size=1).map(lambda s: Choice(values=tuple(sorted(s))))
+        return st.sets(st.sampled_from(values), min_size=1).map(lambda s: CandidateSet(values=tuple(sorted(s))))
 
     # strategies built once: hypothesis is much slower when it meets new strategy objects
     kernels, expansions, stem_kernels = subset(KERNEL_SIZES), subset(EXPANSIONS), st.sampled_from([1, 3, 5, 7])

@@ -21,7 +21,7 @@ from spnas_dsl.backends.weights import initialise
 from spnas_dsl.compiler.nesting import check_nestable
 from spnas_dsl.compiler.supernet import SuperMBConv
 from spnas_dsl.errors import BuildError, LoweringError
-from spnas_dsl.ir import Choice, Layer, Option
+from spnas_dsl.ir import CandidateSet, Layer, Option
 from spnas_dsl.ops import OPS, Op, Site, op_for, register
 from spnas_dsl.targets.signature import is_signature, parse_mbconv_signature
 
@@ -130,9 +130,9 @@ def test_timm_string_or_a_reason(op: Op, option: Option, site: Site):
 def _layer_of(option: Option) -> Layer:
     """A searched layer whose candidates include ``option`` (and a larger kernel)."""
     if option.is_skip:
-        return Layer(kernel=Choice(values=(3,)), expansion=Choice(values=(6,)), skip=True, skip_project=option.project)
-    groups = Choice(values=(option.groups,)) if option.groups != 1 else None
-    return Layer(kernel=Choice(values=tuple(sorted({option.kernel, 7}))), expansion=Choice(values=(option.expansion,)),
+        return Layer(kernel=CandidateSet(values=(3,)), expansion=CandidateSet(values=(6,)), skip=True, skip_project=option.project)
+    groups = CandidateSet(values=(option.groups,)) if option.groups != 1 else None
+    return Layer(kernel=CandidateSet(values=tuple(sorted({option.kernel, 7}))), expansion=CandidateSet(values=(option.expansion,)),
                  groups=groups, expand_always=option.expand_always)
 
 

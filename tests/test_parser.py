@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spnas_dsl.errors import SpnasError, SpnasErrors, SpnasSyntaxError
-from spnas_dsl.ir import SKIP, Choice, Layer, Network, Option
+from spnas_dsl.ir import SKIP, CandidateSet, Layer, Network, Option
 from spnas_dsl.parser import load, parse_text
 
 SMALL = """\
@@ -54,7 +54,7 @@ def test_small_space_ir():
     assert [(s.channels, s.stride) for s in net.stages] == [(16, 1), (24, 2)]
     assert (net.head.channels, net.head.dropout) == (64, 0.2)
     a, b = net.stages
-    assert a.layers == (Layer(kernel=Choice(values=(3,)), expansion=Choice(values=(1,))),)
+    assert a.layers == (Layer(kernel=CandidateSet(values=(3,)), expansion=CandidateSet(values=(1,))),)
     first, rep1, rep2, last = b.layers  # `2x` expands into two equal layers
     assert first.kernel.values == (3, 5) and first.expansion.values == (3, 6) and not first.skip
     assert rep1 == rep2 and rep1.kernel.values == (3, 5, 7) and rep1.skip

@@ -7,9 +7,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spnas_dsl.ir import Choice, Comment, Layer
+from spnas_dsl.ir import CandidateSet, Comment, Layer
 from spnas_dsl.parser import load, parse_text
-from spnas_dsl.printer import format_choice, format_layer, format_network
+from spnas_dsl.printer import format_candidates, format_layer, format_network
 from spnas_dsl.validate import validate
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -54,9 +54,9 @@ network messy {  # on the first statement of its line
 
 
 def test_format_choice_and_layer():
-    assert format_choice("k", Choice(values=(3,))) == "k=3"
-    assert format_choice("e", Choice(values=(3, 6))) == "e=<3,6>"
-    both = Layer(kernel=Choice(values=(3, 5)), expansion=Choice(values=(6,)), skip=True)
+    assert format_candidates("k", CandidateSet(values=(3,))) == "k=3"
+    assert format_candidates("e", CandidateSet(values=(3, 6))) == "e=<3,6>"
+    both = Layer(kernel=CandidateSet(values=(3, 5)), expansion=CandidateSet(values=(6,)), skip=True)
     assert format_layer(both) == "mbconv k=<3,5> e=6 | skip"
     assert format_layer(Layer(skip=True)) == "skip"
 

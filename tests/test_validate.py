@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spnas_dsl.errors import SpnasErrors, SpnasValidationError
-from spnas_dsl.ir import SKIP, Choice, Head, InputSize, Layer, Network, Option, Stage, Stem
+from spnas_dsl.ir import SKIP, CandidateSet, Head, InputSize, Layer, Network, Option, Stage, Stem
 from spnas_dsl.parser import parse_text
 from spnas_dsl.validate import validate
 
@@ -142,7 +142,7 @@ def test_rendered_error_is_one_line_then_source_and_caret():
 
 
 def mbconv(k=(3,), e=(6,), skip=False) -> Layer:
-    return Layer(kernel=Choice(values=k), expansion=Choice(values=e), skip=skip)
+    return Layer(kernel=CandidateSet(values=k), expansion=CandidateSet(values=e), skip=skip)
 
 
 def network(**update) -> Network:
@@ -210,7 +210,7 @@ def test_with_options_refuses_a_non_candidate_located_and_a_wrong_count():
     with pytest.raises(SpnasValidationError, match=r"k7e6 is not a candidate of layer 0 \(a.0\)") as info:
         with_options(space, {0: Option(kernel=7, expansion=6)})
     assert (info.value.span.file, info.value.span.line) == ("n.spnas", 6)
-    with pytest.raises(SpnasValidationError, match="2 choices for the 1 layers"):
+    with pytest.raises(SpnasValidationError, match="2 options for the 1 layers"):
         with_options(space, [SKIP, SKIP])
     with pytest.raises(SpnasValidationError, match="no layer 3"):
         with_options(space, {3: SKIP})

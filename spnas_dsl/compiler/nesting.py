@@ -51,20 +51,20 @@ def check_nestable(layer: Layer, changes_shape: bool = False) -> None:
         op = op_for(option, site)
         if op.nests is not None:
             raise LoweringError(op.nests, op.nest_span(layer))
-    choice = layer.expansion
-    if choice is None or choice.is_singleton:
+    expansions = layer.expansion
+    if expansions is None or expansions.is_singleton:
         return
-    values = choice.values
+    values = expansions.values
     text = "<" + ",".join(str(e) for e in values) + ">"
-    if choice.min == 1 and not layer.expand_always:
+    if expansions.min == 1 and not layer.expand_always:
         raise LoweringError(
             f"expansions {text} cannot be nested as equal channel groups: expansion 1 has no expand conv, "
             f"so it cannot share a superkernel with larger expansions (write expand=always to keep it)",
-            choice.span,
+            expansions.span,
         )
-    if any(e % choice.min for e in values):
+    if any(e % expansions.min for e in values):
         raise LoweringError(
             f"expansions {text} cannot be nested as equal channel groups: every expansion must be a "
-            f"multiple of the smallest ({choice.min}), e.g. <{choice.min},{2 * choice.min}>",
-            choice.span,
+            f"multiple of the smallest ({expansions.min}), e.g. <{expansions.min},{2 * expansions.min}>",
+            expansions.span,
         )
