@@ -9,7 +9,6 @@ describe the same network, wherever they came from.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -138,7 +137,6 @@ class Layer(Node):
     ``skip_project`` marks ``skip project=conv``.
     """
 
-    kind: Literal["mbconv"] = "mbconv"
     kernel: CandidateSet | None = None
     expansion: CandidateSet | None = None
     groups: CandidateSet | None = None
@@ -189,7 +187,6 @@ class Layer(Node):
 class Stem(Node):
     """First convolution: k x k conv + BN + ReLU."""
 
-    kind: Literal["conv"] = "conv"
     kernel: int
     channels: int
     stride: int
@@ -207,7 +204,6 @@ class Stage(Node):
 class Head(Node):
     """1x1 conv + BN + ReLU, global average pool, dropout, fully connected."""
 
-    kind: Literal["conv"] = "conv"
     channels: int
     dropout: float = 0.0
 
