@@ -499,7 +499,12 @@ trains the supernet with a random sub-network every step and writes the best of 
 its evolutionary search scored with the inherited weights. The random networks and the
 baselines lie within ±band of the budget while the found networks lie within [0.98, 1.0] of
 it, which, if anything, favours the baselines. A network is trained once per training seed
-and reused by every benchmark setting that trains the same way. The paper's figures
+and reused by every benchmark setting that trains the same way. The networks are trained with
+SGD on a cosine schedule to zero (`--train-optimizer sgd`): with `spnasc train`'s default
+RMSProp recipe, whose learning rate hardly decays in a few epochs, a network's top-1 is a
+high-learning-rate snapshot whose seed-to-seed noise was as large as the spread between the
+random networks, so no ranking could be read from it (`--train-optimizer rmsprop` repeats that
+protocol; the searches do not change). The paper's figures
 (ImageNet, Pixel 1: 74.96 % at 79.48 ms against random 73.78 ± 0.85 % at 77.31 ms) are not
 comparable in scale: Fashion-MNIST networks trained for a few epochs differ by fractions of a
 point."""
