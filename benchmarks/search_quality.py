@@ -450,9 +450,15 @@ def main(argv: list[str] | None = None) -> None:
     paired = [networks[f"evolution-s{sd}"]["mean"] - networks[f"paper-s{sd}"]["mean"] for sd in seeds]
     noise += (f" With the same search seed, the evolution's network minus the paper's: "
               f"{', '.join(f'{d:+.2f}' for d in paired)} points (search seeds {', '.join(map(str, seeds))}).")
+    bar = max(r_mean + r_std, base_macs, base_params)
+    own_noise = residual_std / math.sqrt(max(a.train_seeds, 1))
     goal = (f"**Goal (median found network above the random networks' mean + 1 sd and above both cheap baselines): "
             f"{'met' if ok_evo else 'not met'} by `--method evolution`** ({why_evo}); "
-            f"`--method paper`: {'met' if ok_paper else 'not met'} ({why_paper}).")
+            f"`--method paper`: {'met' if ok_paper else 'not met'} ({why_paper}). The evolution's median is "
+            f"{med('evolution') - bar:+.2f} points from the highest of the three bars, against about "
+            f"{own_noise:.2f} points of one network's own noise (its mean over {a.train_seeds} training seeds): "
+            + ("a margin this protocol cannot tell from noise." if abs(med('evolution') - bar) < own_noise
+               else "a margin larger than that noise."))
     if failed:
         goal += "\n\nFailed runs: " + "; ".join(failed)
     if q:
