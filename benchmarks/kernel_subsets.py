@@ -278,8 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     R.publish(a.section, body, a.no_write)
 
 
-NOTES = {
-    "kernel_subsets": """**What differs from the paper, and why.** The paper's figures are ImageNet top-1 of a
+PAPER_DIFFERENCES = """**What differs from the paper, and why.** The paper's figures are ImageNet top-1 of a
 MobileNetV2 at 224x224 after full training; ours are Fashion-MNIST top-1 of a small
 MobileNetV2-like network at 28x28 after a few epochs, where 3x3 and 5x5 kernels are close
 and seed-to-seed noise is of the same order as the paper's gaps (0.2-0.5 points), so compare
@@ -287,7 +286,10 @@ the signs and sizes of the differences with the std, not the absolute accuracies
 paper does not say how its kernel choice was sampled while training; here it is a fair coin
 per layer (or per network) per step, with the expansion fixed at 6 and no skip. The
 superkernel network is evaluated after re-estimating BN statistics for each sub-network
-(its BN saw a mixture of 3x3 and 5x5 outputs); the separate networks get the same treatment.
+(its BN saw a mixture of 3x3 and 5x5 outputs); the separate networks get the same treatment."""
+
+NOTES = {
+    "kernel_subsets": PAPER_DIFFERENCES + """
 
 **Why the superkernel lags.** Not the learning-rate schedule: RMSProp (nearly constant lr) and
 SGD annealed to zero leave gaps of the same size. Not the mixing of 3x3 and 5x5 layers in one
@@ -304,15 +306,7 @@ weight sharing: one 5x5 superkernel network then serves its inner 3x3 and its fu
 as well as two separately trained ones, for the cost of training one network twice as long
 (the paper's networks were trained to convergence, where that share matters less).
 
-**What differs from the paper, and why.** The paper's figures are ImageNet top-1 of a
-MobileNetV2 at 224x224 after full training; ours are Fashion-MNIST top-1 of a small
-MobileNetV2-like network at 28x28 after a few epochs, where 3x3 and 5x5 kernels are close
-and seed-to-seed noise is of the same order as the paper's gaps (0.2-0.5 points), so compare
-the signs and sizes of the differences with the std, not the absolute accuracies. The
-paper does not say how its kernel choice was sampled while training; here it is a fair coin
-per layer (or per network) per step, with the expansion fixed at 6 and no skip. The
-superkernel network is evaluated after re-estimating BN statistics for each sub-network
-(its BN saw a mixture of 3x3 and 5x5 outputs); the separate networks get the same treatment.""",
+""" + PAPER_DIFFERENCES,
 }
 
 
