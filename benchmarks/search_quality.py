@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
                              "rmsprop (the default recipe of spnasc train)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at the same time (default 2)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these settings")
+    parser.add_argument("--section", choices=list(SECTIONS), default="search_quality",
+                        help="the docs/results.md section written: search_quality (claim 2, the default protocol) "
+                             "or search_quality_long (claim 2b, a variant such as longer searches)")
     a = parser.parse_args(argv)
     R.set_threads(a.threads)
     q = a.quick
@@ -464,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     if q:
         goal += (" (A `--quick` run: one short training epoch, one seed; it says only that the pipeline works.)")
     body = R.section_header(
-        "Claim 2: search quality against random networks of the same latency (paper Table 1)",
+        SECTIONS[a.section],
         R.command_line("benchmarks.search_quality", argv), a.threads,
         [(f"space `{SPACE.relative_to(R.REPO)}` ({_size(space)} networks), target `{TARGET}` "
           f"({graph.target.table.device}; {graph.target.table.runtime}); the space spans "
@@ -481,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{a.val_subset} images of the official test set"),
          f"work folder `{work.relative_to(R.REPO)}`, searches in `{search_work.relative_to(R.REPO)}`"])
     body += ("\n" + summary + "\n\n" + goal + "\n\n" + noise + "\n\n" + per_net + "\n\n" + phases + "\n\n" + NOTES)
-    R.publish("search_quality", body, a.no_write)
+    R.publish(a.section, body, a.no_write)
 
 
 def _digest(settings: dict) -> str:
@@ -493,6 +496,11 @@ def _size(space) -> str:
 
     return f"{summarize(space).architectures:,}"
 
+
+SECTIONS = {
+    "search_quality": "Claim 2: search quality against random networks of the same latency (paper Table 1)",
+    "search_quality_long": "Claim 2b: the same protocol with the supernet trained twice as long (8 search epochs)",
+}
 
 TRAIN_RECIPES = {"sgd": "SGD, Nesterov momentum, cosine schedule to zero",
                  "rmsprop": "the default recipe, RMSProp, lr x0.97 every 2.4 epochs"}
