@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_backends import TIMM_SPNASNET_100  # timm's spnasnet_100 arch_def, written once
 from torch import nn
 
 from spnas_dsl.backends.timm import timm_arch_def
@@ -25,16 +26,6 @@ from spnas_dsl.parser import load, parse_text
 from spnas_dsl.printer import format_network
 
 REPO = Path(__file__).resolve().parent.parent
-# timm/models/efficientnet.py, _gen_spnasnet: the arch_def of timm's spnasnet_100.
-TIMM_SPNASNET_100 = [
-    ["ds_r1_k3_s1_c16_noskip"],
-    ["ir_r3_k3_s2_e3_c24"],
-    ["ir_r1_k5_s2_e6_c40", "ir_r3_k3_s1_e3_c40"],
-    ["ir_r1_k5_s2_e6_c80", "ir_r3_k3_s1_e3_c80"],
-    ["ir_r1_k5_s1_e6_c96", "ir_r3_k5_s1_e3_c96"],
-    ["ir_r4_k5_s2_e6_c192"],
-    ["ir_r1_k3_s1_e6_c320_noskip"],
-]
 
 TINY = """\
 network tiny {
