@@ -62,5 +62,3 @@ def random_batch(input_chw: tuple[int, int, int], batch: int = 4, seed: int = 0)
     return rng.standard_normal((batch, *input_chw), dtype=np.float32)
 
 
-def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
