@@ -60,5 +60,3 @@ def random_batch(input_chw: tuple[int, int, int], batch: int = 4, seed: int = 0)
     """The fixed parity batch: N(0, 1) samples (the scale of normalised images), NCHW float32."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, *input_chw), dtype=np.float32)
-
-

@@ -42,18 +42,21 @@ def norms(report: list[dict]) -> dict[str, dict[str, list[float]]]:
             for r in report}
 
 
-def write_search_json(s, result: dict | None = None) -> None:
-    """``search.json`` (rank 0): the settings, the run's shape, the history so far and (at the end) the result."""
+def write_search_json(s, result: dict | None = None) -> dict | None:
+    """``search.json`` (rank 0): the settings, the run's shape, the history so far and (at the end) the result.
+    Returns the record as a reader of the file sees it (JSON types: string keys, lists); None off rank 0."""
     if not s.info.is_main:
-        return
-    atomic_write_text(s.out / "search.json", json.dumps({
+        return None
+    text = json.dumps({
         "config": s.cfg.to_dict() | {"space_text": None}, "space": s.space.name, "target": s.target.name,
         "data": s.data.description, "image_size": s.image_size, "declared_input": str(s.space.input),
         "steps_per_epoch": s.steps_per_epoch, "warmup_steps": s.warmup_steps, "total_steps": s.total_steps,
         "latency_range_ms": [s.graph.min_ms(), s.graph.max_ms()], "recipe": s.recipe.to_dict(),
         "world_size": s.info.world_size, "kernel_decisions_not_informed": [c.to_dict() for c in s.coverage],
         "history": s.history, "result": result,
-    }, indent=1))
+    }, indent=1)
+    atomic_write_text(s.out / "search.json", text)
+    return json.loads(text)
 
 
 def result_record(s, text: str, latency: float, accuracy: float, lam: float, decisions, answer,
