@@ -49,7 +49,7 @@ def pick_paper(end: Ending) -> Picked:
 
 
 def pick_evolution(end: Ending) -> Picked:
-    """The best network of the band by the supernet's held-out accuracy (:mod:`spnas_dsl.search.selection`)."""
+    """The best network of the band by the supernet's held-out cross-entropy (:mod:`spnas_dsl.search.selection`)."""
     from spnas_dsl.search.config import BN_RECALIBRATION_BATCHES
     from spnas_dsl.search.selection import select_in_band
 

@@ -106,8 +106,8 @@ def header(s, latency: float, accuracy: float, lam: float, fit: BudgetFit | None
         lines.append(fit.describe())
     if selection is not None:
         lines.append(f"method: evolution ({len(selection.scored)} networks in the band scored by the supernet's "
-                     f"held-out accuracy with inherited weights; the search started from one that scored "
-                     f"{selection.answer.accuracy:.2%})")
+                     f"held-out cross-entropy with inherited weights; the search started from one that scored "
+                     f"{selection.answer.ce:.4f}, acc {selection.answer.accuracy:.2%})")
     else:
         lines.append("method: paper (the thresholds' decisions)")
     lines += [
