@@ -31,7 +31,7 @@ RESULTS = REPO / "docs" / "results.md"
 RUNS = REPO / "runs" / "benchmarks"  # work folders of the benchmarks (git-ignored)
 
 # Section order in results.md (a section not listed goes at the end).
-CLAIMS = ["search_cost", "search_quality", "search_quality_long", "kernel_subsets", "kernel_subsets_steps", "runtime_model", "fitted_tables", "local_tables", "export_parity"]
+CLAIMS = ["search_cost", "search_quality", "search_quality_long", "supernet_ranking", "kernel_subsets", "kernel_subsets_steps", "runtime_model", "fitted_tables", "local_tables", "export_parity"]
 
 HEADER = """# Reproducing the paper's claims at small scale
 

@@ -297,3 +297,48 @@ def test_local_tables_quick_runs_both_modes_on_the_same_networks(tmp_path, monke
         assert scored["networks"] == 6 and scored["mape_pct"] >= 0 and -1 <= scored["spearman"] <= 1
         assert abs(result[mode]["largest_error_pct"]) < 100 and result[mode]["drift"] > 0
     assert (tmp_path / "w" / "report.json").exists()
+
+
+def test_supernet_ranking_scores_a_real_supernet_against_trained_networks(tmp_path, capsys):
+    """``benchmarks.supernet_ranking`` on a tiny real search and six 'trained' networks whose truth
+    is their parameter count: the parameters row ranks them perfectly and picks the largest."""
+    import itertools
+    import json
+    import sys
+    from pathlib import Path
+
+    from benchmarks import supernet_ranking
+    from spnas_dsl.cli import main
+    from spnas_dsl.parser import load
+    from spnas_dsl.passes import with_options
+    from spnas_dsl.shapes import summarize
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_search import FM_SPACE, TINY, write_table
+
+    table = write_table(FM_SPACE, tmp_path / "tiny.json")
+    out = tmp_path / "search"
+    assert main(["search", str(FM_SPACE), "--target", str(table), *TINY, "--epochs", "1", "--latency-budget", "40%",
+                 "--evaluations", "2", "--out", str(out)]) == 0
+    space = load(FM_SPACE)
+    layers = [s.index for s in infer_shapes(space).layers if s.layer.is_searched]
+    options = [infer_shapes(space).layers[i].layer.options for i in layers]
+    trained = tmp_path / "trained"
+    for n, combo in enumerate(itertools.islice(itertools.product(*options), 0, 600, 100)):
+        params = summarize(with_options(space, dict(zip(layers, combo)))).params_max
+        slug = "_".join(map(str, combo))
+        for seed in range(3):
+            run = trained / f"{slug}-t{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"top1": 0.5 + params * 1e-7 + 1e-4 * ((n + seed) % 3),
+                                                          "parameters": params, "multiply_adds": 1000 - n}))
+    capsys.readouterr()
+    supernet_ranking.main(["--no-write", "--searches", str(out), "--trained", str(trained)])
+    text = capsys.readouterr().out
+    assert "6 networks scored" in text
+    params_row = next(line for line in text.splitlines() if line.startswith("| parameters"))
+    best = max(json.loads(p.read_text())["top1"] for p in trained.glob("*-t*/metrics.json"))
+    assert "+1.00" in params_row
+    assert f"{100 * best:.2f}"[:4] in params_row
+    with pytest.raises(SystemExit, match="no search checkpoint"):
+        supernet_ranking.main(["--no-write", "--searches", str(tmp_path), "--trained", str(trained)])
