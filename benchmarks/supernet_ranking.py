@@ -40,8 +40,20 @@ TITLE = "Claim 2c: which score of a trained supernet ranks networks as training 
 
 
 def default_searches() -> list[Path]:
+    """The evolution searches of search_quality's full runs, one per distinct supernet (runs whose
+    settings differ only in how they select, e.g. two protocols, trained the same supernet)."""
     root = R.RUNS / "search_quality" / "searches"
-    return sorted(p.parent for p in root.glob("full-*/search-evolution-s*/checkpoint.pt"))
+    seen, searches = set(), []
+    for folder in sorted(p.parent for p in root.glob("full-*/search-evolution-s*/checkpoint.pt")):
+        try:
+            config = json.loads((folder / "search.json").read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        key = json.dumps({k: v for k, v in config.items() if k != "space"}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            searches.append(folder)
+    return searches
 
 
 def default_trained() -> Path:
