@@ -441,20 +441,24 @@ def main(argv: list[str] | None = None) -> None:
     diff = statistics.fmean(found_evo) - r_mean
     diff_se = math.sqrt((statistics.variance(found_evo) / len(found_evo) if len(found_evo) > 1 else 0.0)
                         + (r_std ** 2 / len(random_means) if len(random_means) > 1 else 0.0))
+    own_noise = residual_std / math.sqrt(max(a.train_seeds, 1))
     noise = (f"Noise: the seed-to-seed std of one network's top-1 is {seed_std:.2f} points (pooled over the "
              f"{len(pairs)} distinct networks, each trained with seeds 0..{a.train_seeds - 1}); part of it is common "
              f"to every network (a training seed also draws the training subset): the seeds' means over all networks "
              f"are {', '.join(f'{m:.2f}' for m in seed_means)} %. What is left once that common part is removed "
              f"(the network x seed residual) is {residual_std:.2f} points, so a network's mean over "
              f"{a.train_seeds} seeds carries about {residual_std / math.sqrt(max(a.train_seeds, 1)):.2f} points of its "
-             f"own noise, beside a spread of {r_std:.2f} points between the random networks' means. The evolution's "
+             f"own noise, beside a spread of {r_std:.2f} points between the random networks' means"
+             + (f" (what is left of that spread once the noise is removed, the random networks' true differences: "
+                f"about {math.sqrt(r_std ** 2 - own_noise ** 2):.2f} points)" if r_std > own_noise else
+                " (no more than their noise: the random networks are not told apart at all)")
+             + ". The evolution's "
              f"networks lie {diff:+.2f} \u00b1 {diff_se:.2f} points (difference of means \u00b1 its standard error) "
              f"from the random networks' mean.")
     paired = [networks[f"evolution-s{sd}"]["mean"] - networks[f"paper-s{sd}"]["mean"] for sd in seeds]
     noise += (f" With the same search seed, the evolution's network minus the paper's: "
               f"{', '.join(f'{d:+.2f}' for d in paired)} points (search seeds {', '.join(map(str, seeds))}).")
     bar = max(r_mean + r_std, base_macs, base_params)
-    own_noise = residual_std / math.sqrt(max(a.train_seeds, 1))
     goal = (f"**Goal (median found network above the random networks' mean + 1 sd and above both cheap baselines): "
             f"{'met' if ok_evo else 'not met'} by `--method evolution`** ({why_evo}); "
             f"`--method paper`: {'met' if ok_paper else 'not met'} ({why_paper}). The evolution's median is "
