@@ -135,6 +135,8 @@ class SuperKernel(nn.Conv2d):
 
     def channel_mask(self, indicators: LayerIndicators) -> torch.Tensor | None:
         """(channels,) multiplier of the channel groups (Eq. 3-4); None with a single group."""
+        if indicators.channel_mask is not None:  # computed with the step's indicators
+            return indicators.channel_mask
         if not indicators.expansion_on:
             return None
         return _nested_mask(self.channel_groups, indicators.expansion_on)
