@@ -22,8 +22,10 @@ Values are those of ``SuperKernel.decide`` (norms to float rounding: a sum of sq
 square root instead of ``vector_norm``); gradients are the same functions of the weights and
 thresholds: ``sigmoid(norm - threshold)``'s slope, reaching the weights through the norms and
 the masks. Indicator dropout draws one ``torch.rand(n)`` for the ``n`` decisions of the
-layers that drop, in the per-layer order of ``decide`` (on a CPU the very numbers ``n``
-scalar draws give; see ``test_supernet_decisions.py``).
+layers that drop, in the per-layer order of ``decide``: on a CPU the very numbers that ``n``
+scalar draws give (tests/test_supernet_decisions.py); on an accelerator one draw of ``n`` is
+not ``n`` draws of one, so the dropped indicators differ from ``decide``'s draw by draw (same
+distribution).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ __all__ = ["SuperKernel", "SuperMBConv", "scaled_batch_norm", "straight_through_
 class _StraightThrough(torch.autograd.Function):
     """``1(norm > threshold)`` forward; the gradient of ``sigmoid(norm - threshold)`` backward.
 
-    One autograd node instead of the five of ``hard + (sig - sig.detach())``: a supernet step
-    builds dozens of indicators, and on a CPU their small ops' overhead is what the supernet
-    pays over its largest child (benchmarks/supernet_cost.py).
+    One autograd node instead of the five of ``hard + (sig - sig.detach())``. One layer's
+    decisions (``SuperKernel.decide``); a supernet step takes all of them at once with
+    ``compiler/decisions.py``'s elementwise form of this formula.
     """
 
     @staticmethod
