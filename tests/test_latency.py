@@ -272,6 +272,42 @@ def test_relaxed_latency_needs_every_searched_layer(graph, space):
         graph.relaxed_latency(indicators)
 
 
+def soft_indicators(space: Network, seed: int) -> dict[int, LayerIndicators]:
+    """Random indicators in (0, 1) (leaves with gradients) for every searched layer of ``space``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def t() -> torch.Tensor:
+        return torch.rand((), generator=g).requires_grad_()
+
+    return {s.index: LayerIndicators(s.layer.kernel.values, s.layer.expansion.values,
+                                     [t() for _ in s.layer.kernel.values[1:]], [t() for _ in s.layer.expansion.values[1:]],
+                                     t() if s.layer.skip else None, expand_always=s.layer.expand_always)
+            for s in infer_shapes(space).layers if s.is_searched}
+
+
+@pytest.mark.parametrize("which", ["mnasnet/pixel1", "fbnet searchable, one k=3 layer/fpga"])
+def test_relaxed_latency_is_the_sum_of_option_weights(space, which):
+    """The batched relaxed latency (layers of one grid shape at once) is Eq. 9-12 layer by layer:
+    fixed_ms + sum_i sum_o weight_i(o) R_i(o), in value and gradient, at soft indicators."""
+    if which.startswith("mnasnet"):
+        net, target = space, "pixel1"
+    else:  # kernel grids of 1 and 2 levels, expansion grids of 3 (e=<1,3,6> expand=always)
+        text = (REPO / "spaces" / "fbnet_cifar100_searchable.spnas").read_text()
+        net, target = parse_text(text.replace("k=<3,5>", "k=3", 1)), "fpga"
+    g = LatencyGraph.build(net, load_target(target))
+    assert len(g._tables("cpu", torch.float32)) == (1 if which.startswith("mnasnet") else 2)
+    indicators = soft_indicators(net, 0)
+    leaves = [t for ind in indicators.values() for t in (*ind.kernel_on, *ind.expansion_on, ind.active)
+              if t is not None]
+    reference = g.calibrate(g.fixed_ms + sum(weight * g.option_latency(index, option)
+                                             for index, ind in indicators.items()
+                                             for option, weight in ind.option_weights().items()))
+    got = g.relaxed_latency(indicators)
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(reference, leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_relaxed_latency_of_a_concrete_network_is_constant():
     g = LatencyGraph.build(load(SPNASNET), load_target("pixel1"))
     assert float(g.relaxed_latency({})) == pytest.approx(g.predict())

@@ -23,9 +23,9 @@ __all__ = ["SuperKernel", "SuperMBConv", "scaled_batch_norm", "straight_through_
 class _StraightThrough(torch.autograd.Function):
     """``1(norm > threshold)`` forward; the gradient of ``sigmoid(norm - threshold)`` backward.
 
-    One autograd node instead of the five of ``hard + (sig - sig.detach())``: a supernet step
-    builds dozens of indicators, and on a CPU their small ops' overhead is what the supernet
-    pays over its largest child (benchmarks/supernet_cost.py).
+    One autograd node instead of the five of ``hard + (sig - sig.detach())``. One layer's
+    decisions (``SuperKernel.decide``); a supernet step takes all of them at once with
+    ``compiler/decisions.py``'s elementwise form of this formula.
     """
 
     @staticmethod
@@ -135,6 +135,8 @@ class SuperKernel(nn.Conv2d):
 
     def channel_mask(self, indicators: LayerIndicators) -> torch.Tensor | None:
         """(channels,) multiplier of the channel groups (Eq. 3-4); None with a single group."""
+        if indicators.channel_mask is not None:  # computed with the step's indicators
+            return indicators.channel_mask
         if not indicators.expansion_on:
             return None
         return _nested_mask(self.channel_groups, indicators.expansion_on)

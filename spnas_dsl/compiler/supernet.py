@@ -31,6 +31,7 @@ from torch import nn
 
 from spnas_dsl.builder import BlockSite, build_blocks
 from spnas_dsl.compiler.blocks import SinglePathNet, set_batch_norm
+from spnas_dsl.compiler.decisions import StepDecisions
 from spnas_dsl.compiler.nesting import check_space_nests
 from spnas_dsl.compiler.superkernel import SuperKernel, SuperMBConv, scaled_batch_norm, straight_through_indicator
 from spnas_dsl.ir import Network, Option
@@ -71,6 +72,7 @@ class Supernet(nn.Module):
         layout = SinglePathNet(space, blocks)  # the stem and head of the concrete network, adopted as they are
         for name, module in layout.named_children():
             self.add_module(name, module)
+        self.step_decisions = StepDecisions(list(self.searched_blocks()))  # a plain attribute, not a module
 
     def searched_blocks(self) -> Iterator[SuperMBConv]:
         """The SuperMBConv of every searched layer, in layer order."""
@@ -82,15 +84,13 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> SupernetOutput:
         """Logits and the relaxed latency (paper Eq. 9-12), from one set of indicators."""
         x = self.act1(self.bn1(self.conv_stem(x)))
-        indicators: dict[int, LayerIndicators] = {}
+        # every layer's indicators at once (as each block's indicators() would give them, but a
+        # fixed number of ops), computed once: the same tensors mask and price the layers
+        searched = list(self.searched_blocks())
+        indicators = {block.index: ind for block, ind in zip(searched, self.step_decisions(searched))}
         for stage in self.blocks:
             for block in stage:
-                if isinstance(block, SuperMBConv):
-                    ind = block.indicators()  # computed once: the same tensors mask and price the layer
-                    indicators[block.index] = ind
-                    x = block(x, ind)
-                else:
-                    x = block(x)
+                x = block(x, indicators[block.index]) if isinstance(block, SuperMBConv) else block(x)
         x = self.act2(self.bn2(self.conv_head(x)))
         x = self.flatten(self.global_pool(x))
         logits = self.classifier(self.dropout(x))

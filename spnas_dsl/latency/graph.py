@@ -268,34 +268,42 @@ class LatencyGraph:
         """
         import torch
 
-        total: Any = self.fixed_ms
         if not indicators:
-            return torch.as_tensor(self.calibrate(float(total)))
+            return torch.as_tensor(self.calibrate(float(self.fixed_ms)))
         sample = next(iter(indicators.values()))
         ref = next((t for t in (*sample.kernel_on, *sample.expansion_on, sample.active) if t is not None), None)
-        tables = self._tables(ref.device if ref is not None else torch.device("cpu"),
-                              ref.dtype if ref is not None else torch.float32)
-        for key, grid, skip_ms in tables:
-            if key not in indicators:
-                raise ValueError(f"layer {key} ({self.nodes[key].name}) is searched but has no indicators")
-            ind = indicators[key]
-            # P(kernel level) and P(expansion level) as vectors, then E[R] = pk @ R @ pe: the
-            # multilinear form of LayerIndicators.option_weights in a few ops per layer
-            layer = _levels(ind.kernel_on, grid) @ grid @ _levels(ind.expansion_on, grid)
-            if ind.active is not None:
-                layer = ind.active * layer if not skip_ms else ind.active * (layer - skip_ms) + skip_ms
-            total = total + layer
+        batches = self._tables(ref.device if ref is not None else torch.device("cpu"),
+                               ref.dtype if ref is not None else torch.float32)
+        total: Any = self.fixed_ms
+        for keys, grid, skip_ms in batches:
+            missing = [key for key in keys if key not in indicators]
+            if missing:
+                raise ValueError(f"layer {missing[0]} ({self.nodes[missing[0]].name}) is searched but has no indicators")
+            layers = [indicators[key] for key in keys]
+            # Every layer with this grid shape at once (a supernet step prices all of them; per layer,
+            # the few tiny ops cost more than their arithmetic): P(kernel level) and P(expansion level)
+            # as (layers, levels) matrices, then E[R] = pk @ R @ pe per layer, the multilinear form
+            # of LayerIndicators.option_weights.
+            pk = _level_rows([ind.kernel_on for ind in layers], grid)
+            pe = _level_rows([ind.expansion_on for ind in layers], grid)
+            expected = (torch.bmm(pk.unsqueeze(1), grid).squeeze(1) * pe).sum(1)  # (layers,)
+            if any(ind.active is not None for ind in layers):  # a skip prices skip_ms
+                one = grid.new_ones(())
+                active = torch.stack([one if ind.active is None else _as(ind.active, grid) for ind in layers])
+                expected = active * (expected - skip_ms) + skip_ms
+            total = total + expected.sum()
         if not isinstance(total, torch.Tensor):
             total = torch.tensor(float(total))
         return self.calibrate(total)
 
     def _tables(self, device, dtype) -> list:
-        """Per searched layer: (index, R[kernel, expansion] as a tensor, skip latency), cached per device/dtype."""
+        """The searched layers in batches of one grid shape: (indices, R[layer, kernel, expansion],
+        skip latency per layer), as tensors cached per device/dtype."""
         import torch
 
         cache_key = (str(device), dtype)
         if cache_key not in self._layer_tables:
-            tables = []
+            by_shape: dict[tuple[int, int], tuple[list, list, list]] = {}
             for key in self.searched():
                 node = self.nodes[key]
                 options = [o for o in node.candidates if not o.is_skip]
@@ -303,11 +311,16 @@ class LatencyGraph:
                 expansions = sorted({o.expansion for o in options})
                 # the layer's own options (e.g. k3e1x where e=1 keeps its expansion conv)
                 by_ke = {(o.kernel, o.expansion): o for o in options}
-                grid = torch.tensor([[self.option_latency(key, by_ke.get((k, e), Option(kernel=k, expansion=e)))
-                                      for e in expansions] for k in kernels], dtype=dtype, device=device)
+                grid = [[self.option_latency(key, by_ke.get((k, e), Option(kernel=k, expansion=e)))
+                         for e in expansions] for k in kernels]
                 skip_ms = self.option_latency(key, Option()) if any(o.is_skip for o in node.candidates) else 0.0
-                tables.append((key, grid, skip_ms))
-            self._layer_tables[cache_key] = tables
+                keys, grids, skips = by_shape.setdefault((len(kernels), len(expansions)), ([], [], []))
+                keys.append(key)
+                grids.append(grid)
+                skips.append(skip_ms)
+            self._layer_tables[cache_key] = [
+                (keys, torch.tensor(grids, dtype=dtype, device=device), torch.tensor(skips, dtype=dtype, device=device))
+                for keys, grids, skips in by_shape.values()]
         return self._layer_tables[cache_key]
 
     def __iter__(self) -> Iterator[NodeKey]:
@@ -318,18 +331,26 @@ class LatencyGraph:
                 f"{len(self.searched())} searched)")
 
 
-def _levels(on: list, like):
-    """``P(level i)`` of nested on/off flags: ``reach_i - reach_{i+1}``, ``reach_i = prod_{j<i} on_j``."""
+def _as(flag, like):
+    """An indicator (tensor or number) as a tensor of ``like``'s dtype and device (a tensor as is)."""
     import torch
 
-    if not on:
-        return like.new_ones(1)
-    if len(on) == 1:  # the common case (two candidates): [1 - on, on]
-        flag = torch.as_tensor(on[0], dtype=like.dtype, device=like.device)
-        return torch.stack([1 - flag, flag])
-    flags = torch.stack([torch.as_tensor(f, dtype=like.dtype, device=like.device) for f in on])
-    reach = torch.cat([like.new_ones(1), torch.cumprod(flags, 0)])
-    return reach - torch.cat([reach[1:], like.new_zeros(1)])
+    return torch.as_tensor(flag, dtype=like.dtype, device=like.device)
+
+
+def _level_rows(on: list[list], like):
+    """``P(level i)`` of each layer's nested on/off flags (one list per layer, all of one length),
+    as a (layers, levels) matrix: ``reach_i - reach_{i+1}``, ``reach_i = prod_{j<i} on_j``."""
+    import torch
+
+    n = len(on[0])
+    if n == 0:
+        return like.new_ones(len(on), 1)
+    flags = torch.stack([_as(f, like) for layer in on for f in layer]).view(len(on), n)
+    if n == 1:  # the common case (two candidates): [1 - on, on]
+        return torch.cat([1 - flags, flags], 1)
+    reach = torch.cat([like.new_ones(len(on), 1), torch.cumprod(flags, 1)], 1)
+    return reach - torch.cat([reach[:, 1:], like.new_zeros(len(on), 1)], 1)
 
 
 def _shape(network: Network, index: int):

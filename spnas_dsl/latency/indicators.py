@@ -29,6 +29,9 @@ class LayerIndicators:
     # by the supernet when it decides, so the convolution does not rebuild it; None elsewhere.
     kernel_weight: torch.Tensor | None = None
     expand_always: bool = False  # e=1 keeps its expansion conv (the option is k?e1x)
+    # The (channels,) multiplier of the nested channel groups (Eq. 3-4), when the supernet computed
+    # it with the indicators (compiler/decisions.py); None: computed from expansion_on where needed.
+    channel_mask: torch.Tensor | None = None
 
     @staticmethod
     def _levels(on: list[torch.Tensor]) -> list[torch.Tensor | float]:
