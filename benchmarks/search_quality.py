@@ -477,8 +477,9 @@ def main(argv: list[str] | None = None) -> None:
           f"({graph.target.table.device}; {graph.target.table.runtime}); the space spans "
           f"{graph.min_ms():.4f} .. {graph.max_ms():.4f} ms predicted; budget {budget:.4f} ms (40th percentile)"),
          (f"searches: seeds {', '.join(map(str, seeds))}; {a.search_epochs} epochs on {a.subset} Fashion-MNIST "
-          f"training images, batch {a.batch_size}; the evolution scores {a.evaluations} networks on "
-          f"{a.selection_images} held-out *training* images (`--val-fraction 0.1`)"),
+          f"training images, batch {a.batch_size}; the evolution scores {a.evaluations} networks by their "
+          f"cross-entropy on {a.selection_images} held-out *training* images (`--val-fraction 0.1`); protocol "
+          f"{PROTOCOL}"),
          (f"baselines in {lo:.4f} .. {hi:.4f} ms (budget \u00b1 {100 * a.band:g} %): {len(picked)} random networks "
           f"(uniform per layer, kept of {drawn} drawn); most multiply-adds / most parameters over {pool_how} "
           f"({len(pool_nets):,} in the band)"),
