@@ -156,8 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         return truth[max(score, key=score.get)]["mean"]
 
     rows, by_top1, by_ce, pick_top1, pick_ce = [], [], [], [], []
+    from spnas_dsl.errors import SpnasError
+
     for search in searches:
-        cfg, scores, seconds = score_with(search, slugs)
+        try:
+            cfg, scores, seconds = score_with(search, slugs)
+        except SpnasError as exc:  # a corrupt or foreign checkpoint, a missing data set: one line
+            sys.exit(f"supernet_ranking: {search}: {exc}")
         names = sorted(scores)
         if len(names) < 5:
             print(f"[{search.name}] only {len(names)} of the trained networks are in its space: skipped")

@@ -342,3 +342,7 @@ def test_supernet_ranking_scores_a_real_supernet_against_trained_networks(tmp_pa
     assert f"{100 * best:.2f}"[:4] in params_row
     with pytest.raises(SystemExit, match="no search checkpoint"):
         supernet_ranking.main(["--no-write", "--searches", str(tmp_path), "--trained", str(trained)])
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="damaged"):
+        supernet_ranking.main(["--no-write", "--searches", str(tmp_path / "damaged"), "--trained", str(trained)])
