@@ -12,9 +12,9 @@ Every candidate is scored on the same calibration batches and the same held-out 
 differences between candidates are paired (the images' noise is shared). Candidates are ranked
 by their held-out cross-entropy (lower is better), the accuracy breaking ties: the mean
 cross-entropy is a continuous score, so it orders networks whose top-1 differs by a few images.
-Measured against 25 networks trained from scratch (3 seeds each; docs/search.md, "Which score
-ranks"), the supernets' cross-entropy ranked them better than their top-1 in 4 of 5 supernets
-(Spearman +0.55 against +0.40 on average).
+Measured against 25 networks trained from scratch (3 seeds each; docs/results.md, claim 2c,
+``benchmarks/supernet_ranking.py``), six supernets' cross-entropy ranked them better than their
+top-1 in 5 of 6 (Spearman +0.47 against +0.32 on average).
 """
 
 from __future__ import annotations
