@@ -80,15 +80,13 @@ def read_truth(folder: Path, min_seeds: int) -> dict[str, dict]:
 
 
 def truth_noise(truth: dict[str, dict]) -> tuple[float, float]:
-    """(spread of the networks' means, noise of one mean): the noise is the network x seed residual
-    (a seed's effect common to all networks removed) over the square root of the seeds."""
+    """(spread of the networks' means, noise of one mean): the network x seed residual of
+    :func:`benchmarks.search_quality.noise_of` over the square root of the seeds."""
+    from benchmarks.search_quality import noise_of
+
     rows = [t["accs"] for t in truth.values()]
-    n, k = len(rows), len(rows[0])
-    seed_means = [statistics.fmean(r[j] for r in rows) for j in range(k)]
-    grand = statistics.fmean(seed_means)
-    resid = [r[j] - statistics.fmean(r) - seed_means[j] + grand for r in rows for j in range(k)]
-    noise = math.sqrt(sum(x * x for x in resid) / max((n - 1) * (k - 1), 1)) / math.sqrt(k)
-    return statistics.stdev(t["mean"] for t in truth.values()), noise
+    _pooled, residual, _seed_means = noise_of(rows)
+    return statistics.stdev(t["mean"] for t in truth.values()), residual / math.sqrt(len(rows[0]))
 
 
 def score_with(search: Path, slugs: list[str]) -> tuple[dict, dict[str, tuple[float, float]], float]:
@@ -155,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     def pick(score: dict[str, float]) -> float:
         return truth[max(score, key=score.get)]["mean"]
 
-    rows, by_top1, by_ce, pick_top1, pick_ce = [], [], [], [], []
     from spnas_dsl.errors import SpnasError
 
+    rows, by_top1, by_ce, pick_top1, pick_ce = [], [], [], [], []
     for search in searches:
         try:
             cfg, scores, seconds = score_with(search, slugs)
