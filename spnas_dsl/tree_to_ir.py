@@ -225,10 +225,9 @@ class IRBuilder(Transformer):
     @v_args(inline=False, meta=True)
     def stem(self, meta, items):
         (op,) = items
-        if op.name != "conv":
-            self._error(f"unknown op '{op.name}' for the stem (known: conv)", op.span)
+        params = self._conv_params(op, "stem")
+        if params is None:
             return ("stem", None, self._span(meta))
-        params = self._params(op, _OP_PARAMS["stem"]["conv"], "stem conv")
         k = self._whole(self._scalar(params, "k", "kernel size", True, op.span), "kernel size", op.span, 3)
         c = self._whole(self._scalar(params, "c", "output channels", True, op.span), "channels", op.span, 1)
         s = self._whole(self._scalar(params, "s", "stride", False, op.span, 1), "stride", op.span, 1)
@@ -237,13 +236,19 @@ class IRBuilder(Transformer):
     @v_args(inline=False, meta=True)
     def head(self, meta, items):
         (op,) = items
-        if op.name != "conv":
-            self._error(f"unknown op '{op.name}' for the head (known: conv)", op.span)
+        params = self._conv_params(op, "head")
+        if params is None:
             return ("head", None, self._span(meta))
-        params = self._params(op, _OP_PARAMS["head"]["conv"], "head conv")
         c = self._whole(self._scalar(params, "c", "output channels", True, op.span), "channels", op.span, 1)
         dropout = self._scalar(params, "dropout", "dropout rate", False, op.span, 0.0)
         return ("head", Head(channels=c, dropout=float(dropout), span=op.span), self._span(meta))
+
+    def _conv_params(self, op: _Op, where: str) -> dict[str, _Param] | None:
+        """The parameters of the stem's or head's ``conv`` (None, with the error recorded, for another op)."""
+        if op.name != "conv":
+            self._error(f"unknown op '{op.name}' for the {where} (known: conv)", op.span)
+            return None
+        return self._params(op, _OP_PARAMS[where]["conv"], f"{where} conv")
 
     def _word(self, params: dict[str, _Param], name: str, allowed: tuple[str, ...], default: str) -> str:
         """A parameter whose value is one of the words ``allowed`` (e.g. ``expand=always``)."""
