@@ -104,8 +104,7 @@ def score_with(search: Path, slugs: list[str]) -> tuple[dict, dict[str, tuple[fl
     info = training.setup("cpu")
     cfg.device = "cpu"
     s = prepare(cfg, info, state)
-    scorer = selection_scorer(s.supernet, s.data, info, s.per_rank_batch, selection_images=cfg.selection_images,
-                              bn_batches=BN_RECALIBRATION_BATCHES, seed=cfg.seed)
+    scorer = selection_scorer(s, selection_images=cfg.selection_images, bn_batches=BN_RECALIBRATION_BATCHES)
     options = Pricer(s.space, s.graph).options
     layers = sorted(options)
     started = time.perf_counter()

@@ -56,10 +56,8 @@ def pick_evolution(end: Ending) -> Picked:
     s, fit = end.setup, end.fit
     start = fit.decisions if fit is not None else end.answer
     band = (fit.floor_ms, fit.budget) if fit is not None and fit.in_band else None
-    selection = select_in_band(s.supernet, s.space, s.graph, s.data, s.info, s.per_rank_batch, start, band,
-                               floor=s.cfg.budget_floor, evaluations=s.cfg.evaluations,
-                               selection_images=s.cfg.selection_images, bn_batches=BN_RECALIBRATION_BATCHES,
-                               seed=s.cfg.seed, log=end.log)
+    selection = select_in_band(s, start, band, evaluations=s.cfg.evaluations, selection_images=s.cfg.selection_images,
+                               bn_batches=BN_RECALIBRATION_BATCHES, log=end.log)
     return Picked(selection.best.decisions, selection.best.accuracy, selection)
 
 

@@ -23,9 +23,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
-from spnas_dsl.ir import Network
 from spnas_dsl.search.budget import Decisions, Pricer
 
 
@@ -202,42 +199,39 @@ def _fmt(d: Decisions, layers: list[int]) -> str:
     return " ".join(str(d[i]) for i in layers)
 
 
-def selection_scorer(supernet, data, info, batch: int, *, selection_images: int, bn_batches: int,
-                     seed: int) -> SupernetScorer:
-    """The scorer :func:`select_in_band` ranks candidates with: BN re-estimated on the first
-    ``bn_batches`` shuffled training batches (seed ``seed + 2``), scores on at most
-    ``selection_images`` held-out images of ``data`` (a :class:`spnas_dsl.data.DatasetSplits`;
-    the subset drawn with seed ``seed + 3``), the same for every candidate."""
-    from spnas_dsl.data import Batches, subset_indices
+def selection_scorer(s, *, selection_images: int, bn_batches: int) -> SupernetScorer:
+    """The scorer :func:`select_in_band` ranks candidates with, for the search ``s`` (a
+    :class:`spnas_dsl.search.setup.Setup`): BN re-estimated on the first ``bn_batches`` shuffled
+    training batches (seed ``cfg.seed + 2``; only those are loaded), scores on at most
+    ``selection_images`` held-out images (the subset drawn with seed ``cfg.seed + 3``), the same
+    for every candidate."""
+    import itertools
 
-    fmt = torch.channels_last if info.device.type == "cpu" else None
-    calib = list(Batches(data.train, batch, shuffle=True, seed=seed + 2, epoch=0, rank=info.rank,
-                         world=info.world_size, drop_last=True, num_workers=0, device=info.device,
-                         memory_format=fmt))[:bn_batches]
-    val = data.val
+    from spnas_dsl.data import subset_indices
+
+    seed = s.cfg.seed
+    calib = list(itertools.islice(s.batches(s.data.train, seed=seed + 2), bn_batches))
+    val = s.data.val
     if len(val) > selection_images:
         val = val.subset(subset_indices(len(val), selection_images, seed + 3))
-    held_out = list(Batches(val, batch, rank=info.rank, world=info.world_size, num_workers=0, device=info.device,
-                            memory_format=fmt))
-    return SupernetScorer(supernet, info, calib, held_out)
+    held_out = list(s.batches(val, seed=0, shuffle=False))
+    return SupernetScorer(s.supernet, s.info, calib, held_out)
 
 
-def select_in_band(supernet, space: Network, graph, data, info, batch: int, start: Decisions,
-                   band: tuple[float, float] | None, *, floor: float, evaluations: int, selection_images: int,
-                   bn_batches: int, seed: int, log: Callable[[str], None]) -> SelectionResult:
-    """``--method evolution`` at the end of a search: the best network of the band by the supernet's
-    held-out cross-entropy.
+def select_in_band(s, start: Decisions, band: tuple[float, float] | None, *, evaluations: int,
+                   selection_images: int, bn_batches: int, log: Callable[[str], None]) -> SelectionResult:
+    """``--method evolution`` at the end of the search ``s`` (a :class:`spnas_dsl.search.setup.Setup`):
+    the best network of the band by the supernet's held-out cross-entropy.
 
     ``band`` is the budget's ``(floor * budget, budget)``; None (no budget, or a budget the space
-    cannot meet): ``[floor * L, L]``, L the latency of ``start``. Every candidate is scored by
-    :func:`selection_scorer` (the same BN batches and held-out images for all); ``info`` is the
-    process group's :class:`DistInfo` (scores are summed over ranks).
+    cannot meet): ``[floor * L, L]``, L the latency of ``start`` and floor ``--budget-floor``.
+    Every candidate is scored by :func:`selection_scorer` (the same BN batches and held-out
+    images for all; scores are summed over the process group's ranks).
     """
-    pricer = Pricer(space, graph)
-    lo, hi = band if band is not None else (floor * pricer(start), pricer(start))
-    scorer = selection_scorer(supernet, data, info, batch, selection_images=selection_images, bn_batches=bn_batches,
-                              seed=seed)
+    pricer = Pricer(s.space, s.graph)
+    lo, hi = band if band is not None else (s.cfg.budget_floor * pricer(start), pricer(start))
+    scorer = selection_scorer(s, selection_images=selection_images, bn_batches=bn_batches)
     images = sum(len(y) for _, y in scorer.held_out)
     log(f"selection: evolution in {lo:.4g} .. {hi:.4g} ms, {evaluations} networks, "
         f"{images} held-out images per network (per process)")
-    return evolve(start, pricer, scorer, lo, hi, EvolutionSettings(evaluations=evaluations), seed=seed, log=log)
+    return evolve(start, pricer, scorer, lo, hi, EvolutionSettings(evaluations=evaluations), seed=s.cfg.seed, log=log)
