@@ -179,7 +179,7 @@ def trained_dir(a) -> Path:
     key = {"epochs": a.train_epochs, "subset": a.subset, "val_subset": a.val_subset, "batch": a.batch_size}
     if a.train_optimizer != "rmsprop":  # runs trained before the option existed keep their folder
         key["optimizer"] = a.train_optimizer
-    return R.RUNS / "search_quality" / "trained" / hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return R.RUNS / "search_quality" / "trained" / _digest(key)
 
 
 def choices_slug(decisions: dict) -> str:
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--selection-images", type=int, default=2000,
                         help="held-out training images the evolution scores candidates on (default 2000)")
     parser.add_argument("--evaluations", type=int, default=None, help="networks the evolution scores (default 48)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--train-optimizer", choices=("sgd", "rmsprop"), default="sgd",
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--train-optimizer", choices=("sgd", "rmsprop"), default=DEFAULT_TRAIN_OPTIMIZER,
                         help="recipe of every network's training: sgd (cosine to zero: the last weights are not "
                              "a high-lr snapshot, so a network's top-1 varies less from seed to seed; default) or "
                              "rmsprop (the default recipe of spnasc train)")
@@ -254,14 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     R.set_threads(a.threads)
     q = a.quick
-    a.random = a.random or (4 if q else 12)
-    a.search_seeds = a.search_seeds or (1 if q else 3)
-    a.train_seeds = a.train_seeds or (1 if q else 2)
-    a.search_epochs = a.search_epochs or (1 if q else 4)
-    a.train_epochs = a.train_epochs or (1 if q else 5)
-    a.subset = a.subset or (1000 if q else 8000)
-    a.val_subset = a.val_subset or (1000 if q else 10000)
-    a.evaluations = a.evaluations or (8 if q else 48)
+    for name, value in SCALES["quick" if q else "full"].items():
+        given = getattr(a, name)
+        if given is not None and given < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {given}")
+        setattr(a, name, given or value)
     started = time.perf_counter()
 
     from spnas_dsl.ir import Option  # noqa: F401  (options parse back from their text below)
@@ -501,6 +498,16 @@ def _size(space) -> str:
 
     return f"{summarize(space).architectures:,}"
 
+
+# The defaults of the counts and sizes (an option left out takes its scale's value).
+SCALES = {
+    "full": {"random": 12, "search_seeds": 3, "train_seeds": 2, "search_epochs": 4, "train_epochs": 5,
+             "subset": 8000, "val_subset": 10000, "evaluations": 48},
+    "quick": {"random": 4, "search_seeds": 1, "train_seeds": 1, "search_epochs": 1, "train_epochs": 1,
+              "subset": 1000, "val_subset": 1000, "evaluations": 8},
+}
+DEFAULT_BATCH = 128
+DEFAULT_TRAIN_OPTIMIZER = "sgd"
 
 # Bumped when the searches' code changes what they find (their cached runs are then not reused):
 # 2: the evolution ranked candidates by top-1; 3: by held-out cross-entropy.

@@ -57,10 +57,13 @@ def default_searches() -> list[Path]:
 
 
 def default_trained() -> Path:
-    from benchmarks.search_quality import trained_dir
+    """The folder of the networks ``benchmarks.search_quality`` trains with its full-scale defaults."""
+    from benchmarks.search_quality import DEFAULT_BATCH, DEFAULT_TRAIN_OPTIMIZER, SCALES, trained_dir
 
-    return trained_dir(argparse.Namespace(train_epochs=5, subset=8000, val_subset=10000, batch_size=128,
-                                          train_optimizer="sgd"))
+    full = SCALES["full"]
+    return trained_dir(argparse.Namespace(train_epochs=full["train_epochs"], subset=full["subset"],
+                                          val_subset=full["val_subset"], batch_size=DEFAULT_BATCH,
+                                          train_optimizer=DEFAULT_TRAIN_OPTIMIZER))
 
 
 def read_truth(folder: Path, min_seeds: int) -> dict[str, dict]:
@@ -68,7 +71,10 @@ def read_truth(folder: Path, min_seeds: int) -> dict[str, dict]:
     runs: dict[str, dict[int, dict]] = {}
     for metrics in folder.glob("*-t*/metrics.json"):
         slug, seed = metrics.parent.name.rsplit("-t", 1)
-        runs.setdefault(slug, {})[int(seed)] = json.loads(metrics.read_text())
+        try:
+            runs.setdefault(slug, {})[int(seed)] = json.loads(metrics.read_text())
+        except (ValueError, OSError):  # not a training run's folder, or a run cut off while writing
+            continue
     truth = {}
     for slug, by_seed in sorted(runs.items()):
         if all(t in by_seed for t in range(min_seeds)):

@@ -332,12 +332,14 @@ def test_supernet_ranking_scores_a_real_supernet_against_trained_networks(tmp_pa
             run.mkdir(parents=True)
             (run / "metrics.json").write_text(json.dumps({"top1": 0.5 + params * 1e-7 + 1e-4 * ((n + seed) % 3),
                                                           "parameters": params, "multiply_adds": 1000 - n}))
+    best = max(json.loads(p.read_text())["top1"] for p in trained.glob("*-t*/metrics.json"))
+    (trained / "stray-tx").mkdir()  # not a run's folder: skipped, as a run cut off while writing its metrics
+    (trained / "stray-tx" / "metrics.json").write_text("{")
     capsys.readouterr()
     supernet_ranking.main(["--no-write", "--searches", str(out), "--trained", str(trained)])
     text = capsys.readouterr().out
     assert "6 networks scored" in text
     params_row = next(line for line in text.splitlines() if line.startswith("| parameters"))
-    best = max(json.loads(p.read_text())["top1"] for p in trained.glob("*-t*/metrics.json"))
     assert "+1.00" in params_row
     assert f"{100 * best:.2f}"[:4] in params_row
     with pytest.raises(SystemExit, match="no search checkpoint"):
@@ -346,3 +348,11 @@ def test_supernet_ranking_scores_a_real_supernet_against_trained_networks(tmp_pa
     (tmp_path / "damaged" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="damaged"):
         supernet_ranking.main(["--no-write", "--searches", str(tmp_path / "damaged"), "--trained", str(trained)])
+
+
+def test_search_quality_refuses_counts_below_one(capsys):
+    from benchmarks import search_quality
+
+    with pytest.raises(SystemExit) as exit_info:
+        search_quality.main(["--train-seeds", "0", "--no-write"])
+    assert exit_info.value.code == 2 and "--train-seeds must be >= 1, got 0" in capsys.readouterr().err
