@@ -141,10 +141,10 @@ def test_nests_in_the_superkernel_or_is_refused_with_the_entry_reason(op: Op, op
     layer = _layer_of(option)
     if op.nests is not None:
         with pytest.raises(LoweringError) as info:
-            check_nestable(layer, site.changes_shape)
+            check_nestable(layer, site)
         assert info.value.message == op.nests
         return
-    check_nestable(layer, site.changes_shape)
+    check_nestable(layer, site)
     if option.is_skip:  # the identity is the skip decision of a superkernel: the residual alone
         block = SuperMBConv(site.in_chs, site.out_chs, site.stride, (3,), (6,), skip=True).eval()
         block.select(option)

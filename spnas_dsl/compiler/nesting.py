@@ -16,7 +16,7 @@ def nesting_errors(network: Network) -> list[LoweringError]:
     for shape in infer_shapes(network).layers:
         if shape.layer.is_searched:
             try:
-                check_nestable(shape.layer, shape.changes_shape)
+                check_nestable(shape.layer, Site.of(shape))
             except LoweringError as exc:
                 errors.append(exc)
     return errors
@@ -29,8 +29,8 @@ def check_space_nests(network: Network) -> None:
         raise errors[0]
 
 
-def check_nestable(layer: Layer, changes_shape: bool = False) -> None:
-    """Raise :class:`LoweringError` unless the layer's options nest in one superkernel.
+def check_nestable(layer: Layer, site: Site) -> None:
+    """Raise :class:`LoweringError` unless the layer's options at ``site`` nest in one superkernel.
 
     Kernel sets of odd sizes always nest as shells. An op that is a second path (its registry
     entry's ``nests`` says why) is rejected. Expansions nest when every one is a
@@ -46,7 +46,6 @@ def check_nestable(layer: Layer, changes_shape: bool = False) -> None:
             "different g= or expand=) is a second path, not a weight subset; search a space without it",
             layer.more[0].span,
         )
-    site = Site((1, 1, 1), 2 if changes_shape else 1, 1)  # only whether the shape changes matters here
     for option in layer.options:
         op = op_for(option, site)
         if op.nests is not None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from spnas_dsl.builder import BlockSite, build_blocks
-from spnas_dsl.compiler.blocks import SinglePathNet, set_batch_norm
+from spnas_dsl.compiler.blocks import SinglePathNet, set_batch_norm, torch_block
 from spnas_dsl.ir import Network
 from spnas_dsl.passes import require_concrete
 from spnas_dsl.shapes import infer_shapes
@@ -17,7 +17,7 @@ __all__ = ["concrete_block", "lower_to_network", "require_concrete"]
 
 def concrete_block(site: BlockSite) -> nn.Module | None:
     """The block factory of a concrete network: the op's module, ``None`` for an identity skip."""
-    return site.op.torch_module(site.option, site.site)
+    return torch_block(site.option, site.site)
 
 
 def lower_to_network(network: Network,

@@ -33,6 +33,7 @@ from spnas_dsl.builder import BlockSite, build_blocks
 from spnas_dsl.compiler.blocks import SinglePathNet, set_batch_norm
 from spnas_dsl.compiler.decisions import StepDecisions
 from spnas_dsl.compiler.nesting import check_space_nests
+from spnas_dsl.compiler.network import concrete_block
 from spnas_dsl.compiler.superkernel import SuperKernel, SuperMBConv, scaled_batch_norm, straight_through_indicator
 from spnas_dsl.ir import Network, Option
 from spnas_dsl.latency.indicators import LayerIndicators
@@ -175,7 +176,7 @@ def supernet_block(site: BlockSite) -> nn.Module:
     for a fixed identity skip."""
     shape, layer = site.shape, site.shape.layer
     if not layer.is_searched:
-        return site.op.torch_module(site.option, site.site) or nn.Identity()
+        return concrete_block(site) or nn.Identity()
     return SuperMBConv(shape.in_hwc[2], shape.out_hwc[2], shape.stride, layer.kernel.values, layer.expansion.values,
                        layer.skip, index=shape.index, name=shape.name, expand_always=layer.expand_always)
 
