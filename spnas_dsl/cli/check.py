@@ -12,7 +12,8 @@ def register(sub) -> None:
         "check",
         help="parse and validate .spnas files",
         description="Parse and validate each file. Prints 'FILE: OK (...)' per good file; errors as "
-        "'file:line:col: error: message' with the line and a caret. Exit 0 when all are valid, 2 otherwise. "
+        "'file:line:col: error: message' with the line and a caret. Exit 0 when all are valid, 2 for syntax "
+        "and rule errors, 1 when only a target's table cannot price a space. "
         "--for-search also checks what 'spnasc search' enforces on a space when it lowers it: a searched "
         "layer, candidate sets that nest in one superkernel and, with --target, a table that prices them.",
     )
@@ -48,7 +49,10 @@ def run(args) -> int:
             continue
         kind = "network" if network.is_concrete else "search space"
         layers = sum(1 for _ in network.iter_layers())
-        ready = f", ready to search{' on ' + target.name if target is not None else ''}" if args.for_search else ""
+        ready = ""
+        if args.for_search:  # without --target no table was asked: say so rather than promise a search
+            ready = f", ready to search on {target.name}" if target is not None else \
+                ", nests for a search; latency table not checked (add --target T)"
         print(f"{path}: OK ({kind} '{network.name}', {layers} layers{ready})")
     return status
 
