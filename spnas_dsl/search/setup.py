@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from spnas_dsl import training
-from spnas_dsl.errors import CheckpointError, UsageError
+from spnas_dsl.errors import CheckpointError, SpnasErrors, UsageError
 from spnas_dsl.ir import Network
 from spnas_dsl.search.config import BN_RECALIBRATION_BATCHES, SearchConfig
 from spnas_dsl.search.control import LambdaController
@@ -100,6 +100,7 @@ class Setup:
 
 def prepare(cfg: SearchConfig, info: DistInfo, resume: dict | None) -> Setup:
     """Check the space, target, budget and data, build the supernet and its optimizer, restore ``resume``."""
+    from spnas_dsl.compiler.preflight import search_errors
     from spnas_dsl.compiler.supernet import lower_to_supernet
     from spnas_dsl.data import open_dataset
     from spnas_dsl.latency.graph import LatencyGraph
@@ -109,8 +110,11 @@ def prepare(cfg: SearchConfig, info: DistInfo, resume: dict | None) -> Setup:
     from spnas_dsl.targets import load_target
 
     space = parse_text(cfg.space_text, cfg.space)
-    if not any(layer.is_searched for _, _, layer in space.iter_layers()):
-        raise UsageError(f"{cfg.space}: '{space.name}' is a concrete network, not a search space: nothing to search")
+    errors = search_errors(space)  # the rules `check --for-search` reports, before any data is opened
+    for error in errors:
+        error.source = error.source or cfg.space_text  # the caret under the located line
+    if errors:
+        raise errors[0] if len(errors) == 1 else SpnasErrors(errors)
     target = load_target(cfg.target)
     graph = LatencyGraph.build(space, target)  # TargetError when the table cannot price the space
     min_ms, max_ms = graph.min_ms(), graph.max_ms()
