@@ -164,6 +164,14 @@ def section_header(title: str, command: str, threads: int | None = None, extra: 
     return "\n".join(lines) + "\n"
 
 
+def rel(path: str | Path) -> str:
+    """``path`` as a section prints it: relative to the repository, else with ``~`` for the home folder."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path).replace(str(Path.home()), "~")
+
+
 # ---------------------------------------------------------------------------------- tables
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
     """A Markdown table; ``align`` is one letter per column (l/r/c), default: first left, rest right."""

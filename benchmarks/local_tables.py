@@ -204,13 +204,6 @@ def rows_of(results: list[dict]) -> list[list[str]]:
     return rows
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(R.REPO))
-    except ValueError:
-        return str(path).replace(str(Path.home()), "~")
-
-
 HEADERS = ["space", "table", "build s", "timed in the build", "MAPE %", "RMSE ms", "max error %", "within 5 %",
            "within 10 %", "Spearman", "largest: error %", "smallest: error %", "drift"]
 
@@ -245,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = R.md_table(HEADERS, rows_of(results), "ll" + "r" + "l" + "r" * 9)
     extra = [f"target `{TARGET}`: {measurer.device}; {measurer.runtime_text}; {measurer.threads} thread(s)",
              f"timing (both builds and the ground truth): {config.describe(measurer.threads)}",
-             f"spnas cache (part models: converted by this run unless already there): `{_rel(cache_dir().parent)}`"]
+             f"spnas cache (part models: converted by this run unless already there): `{R.rel(cache_dir().parent)}`"]
     for r in results:
         lo, hi = r["truth"]["measured_ms_range"]
         cv = r["networks"]["cv"]

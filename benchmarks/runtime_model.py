@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
              f"(`spnasc lut validate`); timing: {next(iter(reports.values()))['timing'] if reports else ''}")]
     for name, rep in reports.items():
         cal = rep["stored_calibration"]
-        extra.append(f"`{name}`: table `{_rel(rep['table'])}`"
+        extra.append(f"`{name}`: table `{R.rel(rep['table'])}`"
                      + (f" (built by this run in {builds[name]:.0f} s)" if name in builds else "")
                      + f", stored calibration {cal.get('scale', 1):.4f} x sum {cal.get('offset_ms', 0):+.4f} ms "
                        f"fitted {cal.get('date')}; validation {rep['seconds']:.0f} s; scatter plot (Fig. 7): "
@@ -162,14 +162,7 @@ def _plot_link(path: Path) -> str:
     try:
         return f"[{path.name}](img/{path.relative_to(R.REPO / 'docs' / 'img')})"
     except ValueError:
-        return f"`{_rel(str(path))}`"
-
-
-def _rel(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(R.REPO))
-    except ValueError:
-        return path.replace(str(Path.home()), "~")
+        return f"`{R.rel(str(path))}`"
 
 
 NOTES = """**What differs from the paper, and why.** The paper's table and networks are a Pixel 1

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
              "networks a Spearman coefficient carries about 0.2 of sampling error; compare the two scores of the "
              "same supernet (paired), not supernets with each other.")
     body = R.section_header(TITLE, R.command_line("benchmarks.supernet_ranking", argv), a.threads,
-                            [(f"truth: `{trained.relative_to(R.REPO) if trained.is_relative_to(R.REPO) else trained}` "
+                            [(f"truth: `{R.rel(trained)}` "
                               f"({len(slugs)} networks trained with {a.min_seeds} seeds each, top-1 on 10,000 test "
                               "images)")])
     R.publish(SECTION, body + "\n" + table + "\n\n" + summary + "\n\n" + notes + "\n", a.no_write)
