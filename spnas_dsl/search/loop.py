@@ -50,6 +50,7 @@ hooks (:class:`spnas_dsl.training.Hooks`) are passed in by tests; the CLI passes
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,7 @@ def finish(s: Setup, progress: training.Progress, writer) -> SearchResult | None
         return None
     written = write_search_json(s, result_record(s, text, latency, picked.accuracy, lam_final, picked.decisions,
                                                  answer, fit, picked.selection, s.seconds()))
-    make_plots(written, s.out)  # the record as written, not read back from disk
+    make_plots(json.loads(written), s.out)  # the record as written (JSON types), not read back from disk
     atomic_write_text(s.out / "arch.spnas", text)  # last: only a finished search has one
     writer.close()
     return SearchResult(derived, text, latency, picked.accuracy, s.out, lam_final, fit, picked.selection)

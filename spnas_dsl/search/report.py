@@ -42,9 +42,9 @@ def norms(report: list[dict]) -> dict[str, dict[str, list[float]]]:
             for r in report}
 
 
-def write_search_json(s, result: dict | None = None) -> dict | None:
+def write_search_json(s, result: dict | None = None) -> str | None:
     """``search.json`` (rank 0): the settings, the run's shape, the history so far and (at the end) the result.
-    Returns the record as a reader of the file sees it (JSON types: string keys, lists); None off rank 0."""
+    Returns the text written (``json.loads`` of it is the record as a reader sees it); None off rank 0."""
     if not s.info.is_main:
         return None
     text = json.dumps({
@@ -56,7 +56,7 @@ def write_search_json(s, result: dict | None = None) -> dict | None:
         "history": s.history, "result": result,
     }, indent=1)
     atomic_write_text(s.out / "search.json", text)
-    return json.loads(text)
+    return text
 
 
 def result_record(s, text: str, latency: float, accuracy: float, lam: float, decisions, answer,
